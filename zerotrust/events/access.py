@@ -1,0 +1,141 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Building access events: the structured record of one access decision."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..engine import Decision
+    from ..request import AccessRequest
+
+__all__ = ["SCHEMA_VERSION", "build_access_event", "format_timestamp", "new_event_id"]
+
+SCHEMA_VERSION = "1"
+
+_MAX_PATH = 2048
+_MAX_USER_AGENT = 512
+_MAX_HOST = 255
+_MAX_DETAIL = 300
+_MAX_FACT = 256
+
+
+def new_event_id(timestamp: float | None = None) -> str:
+    """Generate a time-ordered UUID (version 7, RFC 9562) as a string."""
+    milliseconds = int((time.time() if timestamp is None else timestamp) * 1000)
+    value = (milliseconds & 0xFFFF_FFFF_FFFF) << 80
+    value |= int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)
+    text = f"{value:032x}"
+
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def format_timestamp(timestamp: float) -> str:
+    """Format seconds since the epoch as RFC 3339 UTC with microseconds, such as ``...T12:00:00.000001Z``."""
+    whole = int(timestamp)
+    micros = int(round((timestamp - whole) * 1_000_000))
+    if micros == 1_000_000:
+        whole, micros = whole + 1, 0
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micros:06d}Z"
+
+
+def _clip(value: str | None, limit: int) -> str | None:
+    if value is None or len(value) <= limit:
+        return value
+    return value[:limit] + "...[truncated]"
+
+
+def _fact_value(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, str):
+        return _clip(value, _MAX_FACT)
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_fact_value(item) for item in list(value)[:32]]
+    return _clip(str(value), _MAX_FACT)
+
+
+def build_access_event(
+    request: AccessRequest,
+    decision: Decision,
+    *,
+    status: int | None,
+    latency: float,
+    decision_time: float,
+    close_code: int | None = None,
+) -> dict[str, Any]:
+    """
+    Build the access event for one request as a plain dict, ready for structlog processors.
+
+    Args:
+        request: The request as the engine saw it.
+        decision: The engine's decision.
+        status: The HTTP status actually sent, or ``None`` if no response started.
+        latency: Seconds from the start of the middleware to the end of the response.
+        decision_time: Seconds the engine took to decide.
+        close_code: The websocket close code sent, for a denied websocket.
+    """
+    principal = decision.principal
+    fingerprint = principal.credential_fingerprint if principal is not None else None
+    verifiers = []
+    for record in decision.verdicts:
+        verifiers.append(
+            {
+                "name": record.name,
+                "kind": record.kind,
+                "result": record.outcome,
+                "reason": record.reason,
+                "detail": _clip(record.detail, _MAX_DETAIL),
+                "duration_ms": round(record.duration * 1000, 3),
+            }
+        )
+        if fingerprint is None:
+            candidate = record.verdict.facts.get("credential_fingerprint")
+            if isinstance(candidate, str):
+                fingerprint = candidate
+
+    segment = decision.segment
+    event: dict[str, Any] = {
+        "event": "access",
+        "schema_version": SCHEMA_VERSION,
+        "timestamp": format_timestamp(request.time),
+        "event_id": new_event_id(request.time),
+        "request_id": request.request_id,
+        "decision": "allow" if decision.allowed else "deny",
+        "action": "allow" if decision.lets_through else "deny",
+        "mode": decision.mode,
+        "status": status,
+        "reasons": list(decision.reasons),
+        "segment": segment.name if segment is not None else None,
+        "subject": principal.subject if principal is not None else None,
+        "issuer": principal.issuer if principal is not None else None,
+        "credential_fingerprint": fingerprint,
+        "client_ip": str(request.client_ip) if request.client_ip is not None else None,
+        "peer_ip": str(request.peer_ip) if request.peer_ip is not None else None,
+        "method": request.method,
+        "scheme": request.scheme,
+        "protocol": request.protocol,
+        "host": _clip(request.host, _MAX_HOST),
+        "path": _clip(request.path, _MAX_PATH),
+        "user_agent": _clip(request.user_agent, _MAX_USER_AGENT),
+        "latency_ms": round(latency * 1000, 3),
+        "decision_ms": round(decision_time * 1000, 3),
+        "verifiers": verifiers,
+    }
+    if decision.missing_scopes:
+        event["missing_scopes"] = list(decision.missing_scopes)
+    if decision.facts:
+        event["facts"] = {
+            str(key)[:64]: _fact_value(value)
+            for key, value in decision.facts.items()
+            if key != "credential_fingerprint"
+        }
+    if close_code is not None:
+        event["close_code"] = close_code
+
+    return event

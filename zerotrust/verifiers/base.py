@@ -1,0 +1,216 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The verifier contract: one input to the trust algorithm, and the verdict it returns."""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from ..exceptions import ConfigurationError, ZeroTrustError
+
+if TYPE_CHECKING:
+    from ..policy import Segment
+    from ..request import AccessRequest
+
+__all__ = ["Deny", "Outcome", "Principal", "Verdict", "VerificationContext", "Verifier"]
+
+Outcome = Literal["pass", "fail", "not_applicable"]
+VerifierKind = Literal["identity", "context"]
+
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """
+    The authenticated subject of a request.
+
+    Attributes:
+        subject: The stable subject identifier, such as the ``sub`` claim.
+        issuer: Who vouched for the subject, such as the ``iss`` claim.
+        scopes: Granted OAuth scopes.
+        roles: Granted roles or groups.
+        claims: Every verified claim, for the application. Never copied into access events.
+        expires_at: When the credential expires, seconds since the epoch, if known.
+        credential_fingerprint: A short hash of the credential, safe to log.
+    """
+
+    subject: str
+    issuer: str | None = None
+    scopes: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+    claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, repr=False)
+    expires_at: float | None = None
+    credential_fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """
+    What one verifier concluded about one request.
+
+    Build verdicts with `Verdict.passed`, `Verdict.failed` and `Verdict.not_applicable`.
+
+    Attributes:
+        outcome: ``pass``, ``fail`` or ``not_applicable``.
+        reason: A reason code such as ``token_expired`` (lower-case, ``_``-separated), set when
+            the verdict is not a pass. Recorded in the access event, never sent to the client.
+        detail: A longer explanation for the access event. Must not contain secrets.
+        principal: The principal an identity verifier established.
+        facts: Other facts the verifier established (device id, country...), recorded in the
+            access event. Must not contain secrets.
+        bound_subject: The subject a credential is bound to, such as the owner of a device; the
+            engine denies the request if it differs from the principal's subject.
+        challenge: Extra ``WWW-Authenticate`` parameters for a 401, such as ``error``.
+    """
+
+    outcome: Outcome
+    reason: str | None = None
+    detail: str | None = None
+    principal: Principal | None = None
+    facts: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    bound_subject: str | None = None
+    challenge: Mapping[str, str] | None = None
+
+    @classmethod
+    def passed(
+        cls,
+        *,
+        principal: Principal | None = None,
+        bound_subject: str | None = None,
+        **facts: Any,
+    ) -> Verdict:
+        return cls("pass", principal=principal, bound_subject=bound_subject, facts=facts or _EMPTY)
+
+    @classmethod
+    def failed(
+        cls,
+        reason: str,
+        detail: str | None = None,
+        *,
+        challenge: Mapping[str, str] | None = None,
+        **facts: Any,
+    ) -> Verdict:
+        _check_reason(reason)
+        return cls("fail", reason, detail, facts=facts or _EMPTY, challenge=challenge)
+
+    @classmethod
+    def not_applicable(cls, reason: str | None = None, **facts: Any) -> Verdict:
+        if reason is not None:
+            _check_reason(reason)
+        return cls("not_applicable", reason, facts=facts or _EMPTY)
+
+
+def _check_reason(reason: str) -> None:
+    if not isinstance(reason, str) or not _REASON.fullmatch(reason):
+        message = f"reason code {reason!r} must be lower-case letters, digits and '_' (max 64)"
+        raise ValueError(message)
+
+
+class Deny(ZeroTrustError):
+    """
+    Raise inside `Verifier.verify` to fail the request with a reason code.
+
+    Equivalent to returning ``Verdict.failed(reason, detail)``, and handy deep in helpers.
+    """
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        _check_reason(reason)
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationContext:
+    """
+    What a verifier knows besides the request itself.
+
+    Attributes:
+        segment: The segment the request fell in.
+    """
+
+    segment: Segment
+
+
+class Verifier(abc.ABC):
+    """
+    Base class of every verifier; subclass it and implement `verify`.
+
+    The engine calls `verify` for each request in a segment that lists the verifier, at the same
+    time as the segment's other verifiers, and gives up after `timeout` seconds. Raising an
+    exception, returning anything but a `Verdict`, or running out of time each fail the
+    request: a verifier can never allow by accident.
+
+    A verifier keeps configuration only; it must not store per-request state on ``self``,
+    because one instance serves concurrent requests.
+
+    Args:
+        name: Name in access events and policy files; defaults to the class attribute `name`.
+        timeout: Seconds `verify` may take, including any I/O. Must be positive.
+        required: When ``True`` (the default), ``not_applicable`` fails the request too. When
+            ``False``, the verifier may abstain, but a ``fail`` still denies.
+
+    Example::
+
+        class OfficeHoursVerifier(Verifier):
+            name = "office_hours"
+
+            async def verify(self, request, context):
+                hour = time.gmtime(request.time).tm_hour
+                if 8 <= hour < 18:
+                    return Verdict.passed()
+                return Verdict.failed("outside_office_hours")
+    """
+
+    name: ClassVar[str] = "verifier"
+    kind: ClassVar[VerifierKind] = "context"
+    """``identity`` verifiers establish who is asking; their failures answer 401, not 403."""
+
+    timeout: float
+    required: bool
+
+    def __init__(
+        self, *, name: str | None = None, timeout: float = 2.0, required: bool = True
+    ) -> None:
+        if name is not None:
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
+                message = f"verifier name {name!r} must be 1 to 64 letters, digits, '_', '.' or '-'"
+                raise ConfigurationError(message, parameter="name", value=name)
+            self.name = name  # type: ignore[misc]
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            message = f"verifier timeout must be a positive number of seconds, not {timeout!r}"
+            raise ConfigurationError(message, parameter="timeout", value=timeout)
+
+        self.timeout = float(timeout)
+        self.required = bool(required)
+
+    @abc.abstractmethod
+    async def verify(self, request: AccessRequest, context: VerificationContext) -> Verdict:
+        """
+        Judge one request.
+
+        Returns:
+            A `Verdict`. Raise `Deny` to fail with a reason code; any other exception fails
+            the request with reason ``verifier_error``.
+        """
+
+    def verify_cached(
+        self, request: AccessRequest, context: VerificationContext
+    ) -> Verdict | None:
+        """
+        Return a verdict without waiting, or ``None`` to fall back to `verify`.
+
+        Override this for answers that need no I/O, such as a token found in a cache. The
+        engine calls it on the event loop without a timeout, so it must not block.
+        """
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} name={self.name!r}>"
