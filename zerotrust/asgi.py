@@ -34,12 +34,18 @@ from .request import (
 from .verifiers.base import Principal
 from .verifiers.jwks import RemoteKeySet
 
-__all__ = ["STATE_KEY", "AccessContext", "DenialResponse", "PathNormalization", "ZeroTrustMiddleware"]
+__all__ = [
+    "STATE_KEY",
+    "AccessContext",
+    "DenialResponse",
+    "PathNormalization",
+    "ZeroTrustMiddleware",
+]
 
 logger = logging.getLogger("zerotrust.asgi")
 
 STATE_KEY = "zerotrust"
-"""Key under ``scope["state"]`` (``request.state.zerotrust`` in Starlette) for the `AccessContext`."""
+"""Key of the `AccessContext` in ``scope["state"]``; ``request.state.zerotrust`` in Starlette."""
 
 PathNormalization = Literal["reject", "rewrite"]
 
@@ -83,7 +89,9 @@ class DenialResponse:
 DenyHandler = Callable[[AccessRequest, Decision], DenialResponse]
 
 
-def default_denial(request: AccessRequest, decision: Decision, realm: str = "zerotrust") -> DenialResponse:
+def default_denial(
+    request: AccessRequest, decision: Decision, realm: str = "zerotrust"
+) -> DenialResponse:
     """
     Build the default denial: a short JSON body with the request id and no internal detail.
 
@@ -150,8 +158,12 @@ class ZeroTrustMiddleware:
         if not isinstance(policy, Policy):
             policy = Policy(policy)
         if path_normalization not in ("reject", "rewrite"):
-            message = f"path_normalization must be 'reject' or 'rewrite', not {path_normalization!r}"
-            raise ConfigurationError(message, parameter="path_normalization", value=path_normalization)
+            message = (
+                f"path_normalization must be 'reject' or 'rewrite', not {path_normalization!r}"
+            )
+            raise ConfigurationError(
+                message, parameter="path_normalization", value=path_normalization
+            )
         if not isinstance(trusted_proxies, TrustedProxies):
             trusted_proxies = TrustedProxies(trusted_proxies, header=forwarded_header)
         if isinstance(events, Sink):
@@ -182,7 +194,7 @@ class ZeroTrustMiddleware:
         request, scope = self._access_request(scope)
         try:
             decision = await self.engine.decide(request)
-        except Exception:  # noqa: BLE001 -- a bug in the engine must deny, not answer 500
+        except Exception:
             logger.exception("deciding request %s failed; denying it", request.request_id)
             decision = deny("engine_error")
         decided = perf_counter()
@@ -207,7 +219,10 @@ class ZeroTrustMiddleware:
         async def send_watching_status(message: Message) -> None:
             nonlocal response_status
             message_type = message["type"]
-            if message_type == "http.response.start" or message_type == "websocket.http.response.start":
+            if (
+                message_type == "http.response.start"
+                or message_type == "websocket.http.response.start"
+            ):
                 response_status = message["status"]
             elif message_type == "websocket.accept":
                 response_status = 101
@@ -320,7 +335,7 @@ class ZeroTrustMiddleware:
                 if isinstance(response, DenialResponse) and response.status in (401, 403):
                     return response
                 logger.error("on_deny returned %r, not a 401 or 403 DenialResponse", response)
-            except Exception:  # noqa: BLE001 -- fall back to the default denial
+            except Exception:
                 logger.exception("on_deny failed for request %s", request.request_id)
         return default_denial(request, decision, self.realm)
 

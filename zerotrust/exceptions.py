@@ -5,12 +5,12 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
-    "KeySetUnavailableError",
     "InfrastructureError",
+    "InsecureConfigurationWarning",
+    "KeySetUnavailableError",
     "MissingExtraError",
     "ZeroTrustError",
     "ZeroTrustWarning",
-    "InsecureConfigurationWarning",
 ]
 
 

@@ -80,7 +80,7 @@ class PathPattern:
             return path == self._exact
         if self.kind == "prefix":
             return path.startswith(self._prefix) or path == self._exact
-        assert self._regex is not None  # noqa: S101 -- set for every glob in __init__
+        assert self._regex is not None
         return self._regex.fullmatch(path) is not None
 
     def __repr__(self) -> str:
@@ -98,7 +98,9 @@ def _compile_glob(pattern: str, parts: list[str]) -> re.Pattern[str]:
             pieces.append("/[^/]+")
             continue
         if "*" in part:
-            message = f"segment path {pattern!r}: '*' must be a whole segment, and '**' the last one"
+            message = (
+                f"segment path {pattern!r}: '*' must be a whole segment, and '**' the last one"
+            )
             raise ConfigurationError(message, parameter="paths", value=pattern)
         pieces.append("/" + re.escape(part))
 
@@ -215,7 +217,7 @@ class Segment:
 
 
 def _check_verifiers(segment: str, verifiers: tuple[Verifier, ...]) -> None:
-    from .verifiers.base import Verifier  # noqa: PLC0415 -- verifiers import this module
+    from .verifiers.base import Verifier
 
     names: set[str] = set()
     for verifier in verifiers:

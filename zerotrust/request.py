@@ -214,7 +214,9 @@ class TrustedProxies:
                 parsed.append(ipaddress.ip_network(entry.strip(), strict=False))
             except ValueError:
                 message = f"trusted proxy {entry!r} is not an IP address or CIDR network"
-                raise ConfigurationError(message, parameter="trusted_proxies", value=entry) from None
+                raise ConfigurationError(
+                    message, parameter="trusted_proxies", value=entry
+                ) from None
 
         self.networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(parsed)
         self.header: ForwardedHeader = header
@@ -306,7 +308,6 @@ def parse_peer(client: Sequence[object] | None) -> IPAddress | None:
         return ipaddress.ip_address(str(client[0]))
     except ValueError:
         return None
-
 
 
 _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.\-]{0,252})?")

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from .events import emitter as _emitter
 from .request import AccessRequest
@@ -88,12 +88,16 @@ class StaticVerifier(Verifier):
         return self.verdict
 
 
-def allow(subject: str = "tester", *, scopes: Any = (), roles: Any = (), name: str = "allow") -> StaticVerifier:
+def allow(
+    subject: str = "tester", *, scopes: Any = (), roles: Any = (), name: str = "allow"
+) -> StaticVerifier:
     """Return a verifier that authenticates ``subject`` with the given scopes and roles."""
     return StaticVerifier("pass", subject=subject, scopes=scopes, roles=roles, name=name)
 
 
-def deny(reason: str = "denied_by_test", *, identity: bool = False, name: str = "deny") -> StaticVerifier:
+def deny(
+    reason: str = "denied_by_test", *, identity: bool = False, name: str = "deny"
+) -> StaticVerifier:
     """Return a verifier that always fails with ``reason``."""
     return StaticVerifier("fail", reason=reason, identity=identity, name=name)
 
@@ -115,14 +119,18 @@ class TokenIssuer:
         algorithms: Algorithms to create a key for; each key's ``kid`` is ``<alg>-1``.
     """
 
-    def __init__(self, issuer: str = "https://issuer.test", algorithms: Any = ("RS256", "ES256")) -> None:
+    def __init__(
+        self, issuer: str = "https://issuer.test", algorithms: Any = ("RS256", "ES256")
+    ) -> None:
         from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
         self.issuer = issuer
         self.private_keys: dict[str, Any] = {}
         for alg in algorithms:
             if alg.startswith(("RS", "PS")):
-                self.private_keys[alg] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                self.private_keys[alg] = rsa.generate_private_key(
+                    public_exponent=65537, key_size=2048
+                )
             elif alg == "ES256":
                 self.private_keys[alg] = ec.generate_private_key(ec.SECP256R1())
             elif alg == "ES384":
@@ -215,7 +223,13 @@ class TokenIssuer:
 
 
 @contextlib.contextmanager
-def serve(app: Any, *, host: str = "127.0.0.1", lifespan: str = "auto", **options: Any) -> Iterator[str]:
+def serve(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    lifespan: Literal["auto", "on", "off"] = "auto",
+    **options: Any,
+) -> Iterator[str]:
     """
     Serve an ASGI app with uvicorn on a free port of ``host`` in a background thread.
 
@@ -229,7 +243,9 @@ def serve(app: Any, *, host: str = "127.0.0.1", lifespan: str = "auto", **option
 
         raise MissingExtraError("zerotrust.testing.serve", "cli") from None
 
-    config = uvicorn.Config(app, host=host, port=0, log_level="warning", lifespan=lifespan, **options)
+    config = uvicorn.Config(
+        app, host=host, port=0, log_level="warning", lifespan=lifespan, **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="zerotrust-serve", daemon=True)
     thread.start()

@@ -35,9 +35,9 @@ def new_event_id(timestamp: float | None = None) -> str:
 
 
 def format_timestamp(timestamp: float) -> str:
-    """Format seconds since the epoch as RFC 3339 UTC with microseconds, such as ``...T12:00:00.000001Z``."""
+    """Format seconds since the epoch as RFC 3339 UTC with microseconds and a ``Z`` suffix."""
     whole = int(timestamp)
-    micros = int(round((timestamp - whole) * 1_000_000))
+    micros = round((timestamp - whole) * 1_000_000)
     if micros == 1_000_000:
         whole, micros = whole + 1, 0
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The event emitter: a bounded queue and a writer thread, so the request path never waits on I/O."""
+"""The event emitter: a bounded queue and a writer thread, so requests never wait on event I/O."""
 
 from __future__ import annotations
 
@@ -98,14 +98,14 @@ class EventEmitter:
         if _capture_lists:
             event = _build(item)
             for events in _capture_lists:
-                events.append(redact_secrets(None, "info", dict(event)))
+                events.append(dict(redact_secrets(None, "info", dict(event))))
         self._put(item)
 
     def emit(self, event: dict[str, Any]) -> None:
         """Queue an event that is already a dict, such as an anomaly or a grant event."""
         if _capture_lists:
             for events in _capture_lists:
-                events.append(redact_secrets(None, "info", dict(event)))
+                events.append(dict(redact_secrets(None, "info", dict(event))))
         self._put((event,))
 
     def _put(self, item: tuple[Any, ...]) -> None:
@@ -125,9 +125,7 @@ class EventEmitter:
     def _start(self) -> None:
         # After a fork the child has the queue but not the thread; start a new one.
         self._pid = os.getpid()
-        self._thread = threading.Thread(
-            target=self._run, name="zerotrust-events", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name="zerotrust-events", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -150,7 +148,7 @@ class EventEmitter:
             taken += 1
             try:
                 batch.append(_build(item))
-            except Exception:  # noqa: BLE001 -- one bad event must not stop the writer
+            except Exception:
                 logger.exception("building an access event failed; dropping it")
                 self.failed += 1
         self._deliver(batch)
@@ -162,7 +160,7 @@ class EventEmitter:
         for sink in self.sinks:
             try:
                 sink.write(batch)
-            except Exception:  # noqa: BLE001 -- a failing sink must not stop the others
+            except Exception:
                 self.failed += len(batch)
                 logger.exception("sink %s failed to write %d events", sink.name, len(batch))
         self.delivered += len(batch)
@@ -195,7 +193,7 @@ class EventEmitter:
         for sink in self.sinks:
             try:
                 sink.close()
-            except Exception:  # noqa: BLE001 -- closing is best effort
+            except Exception:
                 logger.exception("closing sink %s failed", sink.name)
 
 

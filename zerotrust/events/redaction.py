@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 __all__ = ["SECRET_KEYS", "redact_secrets"]
@@ -61,7 +61,9 @@ def _redact(value: Any, depth: int) -> Any:
     return value
 
 
-def redact_secrets(_logger: object, _method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact_secrets(
+    _logger: object, _method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """
     Replace secret-looking values in an event dict.
 

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import abc
+import io
 import os
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import IO, Any
 
 import orjson
@@ -19,7 +20,7 @@ from .redaction import redact_secrets
 __all__ = ["JsonLinesSink", "MemorySink", "Sink", "render_json"]
 
 
-def render_json(_logger: object, _method_name: str, event_dict: dict[str, Any]) -> bytes:
+def render_json(_logger: object, _method_name: str, event_dict: MutableMapping[str, Any]) -> bytes:
     """Render an event dict as one line of compact JSON (bytes, without the newline)."""
     return orjson.dumps(event_dict, default=str)
 
@@ -72,7 +73,10 @@ class JsonLinesSink(Sink):
     name = "jsonl"
 
     def __init__(
-        self, target: str | os.PathLike[str] | IO[Any] = "stderr", *, processors: Iterable[Processor] = ()
+        self,
+        target: str | os.PathLike[str] | IO[Any] = "stderr",
+        *,
+        processors: Iterable[Processor] = (),
     ) -> None:
         self._owned = False
         self._lock = threading.Lock()
@@ -109,17 +113,19 @@ class JsonLinesSink(Sink):
             if not lines:
                 return
             payload = b"\n".join(lines) + b"\n"
-            buffer = getattr(self._stream, "buffer", None)
+            stream = self._stream
+            buffer = getattr(stream, "buffer", None)
             if buffer is not None:
-                self._stream.flush()
+                # A text stream with a binary buffer, such as sys.stderr: skip the encoding.
+                stream.flush()
                 buffer.write(payload)
                 buffer.flush()
-            elif "b" in getattr(self._stream, "mode", "b"):
-                self._stream.write(payload)
-                self._stream.flush()
+            elif isinstance(stream, io.TextIOBase):
+                stream.write(payload.decode())
+                stream.flush()
             else:
-                self._stream.write(payload.decode())
-                self._stream.flush()
+                stream.write(payload)
+                stream.flush()
 
     def close(self) -> None:
         with self._lock:
@@ -139,4 +145,4 @@ class MemorySink(Sink):
 
     def write(self, events: Sequence[dict[str, Any]]) -> None:
         for event in events:
-            self.events.append(redact_secrets(None, "info", dict(event)))
+            self.events.append(dict(redact_secrets(None, "info", dict(event))))

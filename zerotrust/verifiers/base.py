@@ -201,9 +201,7 @@ class Verifier(abc.ABC):
             the request with reason ``verifier_error``.
         """
 
-    def verify_cached(
-        self, request: AccessRequest, context: VerificationContext
-    ) -> Verdict | None:
+    def verify_cached(self, request: AccessRequest, context: VerificationContext) -> Verdict | None:
         """
         Return a verdict without waiting, or ``None`` to fall back to `verify`.
 

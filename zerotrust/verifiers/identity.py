@@ -173,7 +173,9 @@ class JWTVerifier(Verifier):
         self.key_set: KeySet
         if jwks_url is not None:
             if set(algorithms) & HMAC_ALGORITHMS:
-                message = "HMAC algorithms cannot be used with jwks_url: a JWKS publishes public keys"
+                message = (
+                    "HMAC algorithms cannot be used with jwks_url: a JWKS publishes public keys"
+                )
                 raise ConfigurationError(message, parameter="algorithms", value=list(algorithms))
             self.key_set = RemoteKeySet(
                 jwks_url, algorithms=algorithms, client=http_client, **dict(jwks_options or {})
@@ -327,7 +329,7 @@ class JWTVerifier(Verifier):
             scopes=scopes,
             roles=roles,
             claims=claims,
-            expires_at=float(expires),
+            expires_at=float(expires) if isinstance(expires, int | float) else None,
             credential_fingerprint=digest.hex()[:16],
         )
         if self.cache is not None:

@@ -123,7 +123,9 @@ def _find(
 
     # A key without a kid may serve tokens with or without one, but only when it is the only
     # candidate: guessing between keys would let a token pick its own key.
-    anonymous = [value for (key_id, key_alg), value in index.items() if key_id is None and key_alg == alg]
+    anonymous = [
+        value for (key_id, key_alg), value in index.items() if key_id is None and key_alg == alg
+    ]
     if len(anonymous) == 1:
         return anonymous[0]
     if kid is None:
@@ -201,7 +203,8 @@ def _key_to_jwk(key: Any, algorithms: frozenset[str]) -> Mapping[str, Any]:
         if not isinstance(secret, bytes) or len(secret) < _MIN_HMAC_SECRET_BYTES:
             message = f"an HMAC secret must be at least {_MIN_HMAC_SECRET_BYTES} bytes long"
             raise ConfigurationError(message, parameter="keys", value="<secret>")
-        return json.loads(jwt.algorithms.HMACAlgorithm.to_jwk(secret))
+        hmac_jwk: dict[str, Any] = json.loads(jwt.algorithms.HMACAlgorithm.to_jwk(secret))
+        return hmac_jwk
 
     for alg in sorted(algorithms):
         algorithm = get_default_algorithms()[alg]
@@ -329,10 +332,13 @@ class RemoteKeySet(KeySet):
             await self.refresh()
 
         key = _find(self._index, kid, alg) if time.monotonic() < self._usable_until else None
-        if key is None and self._usable_until > 0:
-            if time.monotonic() - self._last_attempt >= self.refresh_interval:
-                await self.refresh()
-                key = _find(self._index, kid, alg)
+        if (
+            key is None
+            and self._usable_until > 0
+            and time.monotonic() - self._last_attempt >= self.refresh_interval
+        ):
+            await self.refresh()
+            key = _find(self._index, kid, alg)
         if key is not None:
             return key
         if time.monotonic() >= self._usable_until:
@@ -421,7 +427,7 @@ def _parse_jwks(body: bytes, max_keys: int) -> list[Mapping[str, Any]]:
         raise ValueError("response is not JSON") from None
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise ValueError("response is not a JWKS object with a 'keys' list")
-    keys = document["keys"]
+    keys: list[Mapping[str, Any]] = document["keys"]
     if len(keys) > max_keys:
         raise ValueError(f"response has {len(keys)} keys, more than {max_keys}")
 
