@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .asgi import STATE_KEY, AccessContext, DenialResponse, ZeroTrustMiddleware, get_access
 from .engine import Decision, Engine, VerdictRecord
-from .events import EventEmitter, JsonLinesSink, MemorySink, Sink
+from .events import EventEmitter, JsonLinesSink, MemorySink, Sink, StructlogSink
 from .exceptions import (
     ConfigurationError,
     InfrastructureError,
@@ -42,6 +42,7 @@ __all__ = [
     "Principal",
     "Segment",
     "Sink",
+    "StructlogSink",
     "TrustedProxies",
     "Verdict",
     "VerdictRecord",

@@ -273,7 +273,14 @@ class ZeroTrustMiddleware:
                 scope["path"] = root_path + normalised
                 scope["raw_path"] = urllib.parse.quote(scope["path"]).encode()
 
-        host, host_problem = parse_host(headers.getlist("host"))
+        host_values: list[str] = []
+        request_ids: list[str] = []
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host_values.append(value.decode("latin-1"))
+            elif name == b"x-request-id":
+                request_ids.append(value.decode("latin-1"))
+        host, host_problem = parse_host(host_values)
         peer = parse_peer(scope.get("client"))
         client_ip, forwarded_problem = self.trusted_proxies.resolve_client(peer, headers)
         is_websocket = scope["type"] == "websocket"
@@ -285,7 +292,7 @@ class ZeroTrustMiddleware:
             headers=headers,
             client_ip=client_ip,
             peer_ip=peer,
-            request_id=accept_request_id(headers.get("x-request-id")),
+            request_id=accept_request_id(request_ids[0] if len(request_ids) == 1 else None),
             time=time.time(),
             scheme=scope.get("scheme", "ws" if is_websocket else "http"),
             protocol="websocket" if is_websocket else "http",

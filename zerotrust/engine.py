@@ -8,7 +8,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 
 from .policy import Mode, Policy, Segment
 from .request import AccessRequest
@@ -21,8 +21,7 @@ logger = logging.getLogger("zerotrust.engine")
 _MAX_DETAIL = 300
 
 
-@dataclass(frozen=True, slots=True)
-class VerdictRecord:
+class VerdictRecord(NamedTuple):
     """
     One verifier's verdict on one request, as the access event records it.
 

@@ -11,7 +11,7 @@ import orjson
 from .access import SCHEMA_VERSION, build_access_event, format_timestamp, new_event_id
 from .emitter import EventEmitter
 from .redaction import SECRET_KEYS, redact_secrets
-from .sinks import JsonLinesSink, MemorySink, Sink, render_json
+from .sinks import JsonLinesSink, MemorySink, Sink, StructlogSink, render_json
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -20,6 +20,7 @@ __all__ = [
     "JsonLinesSink",
     "MemorySink",
     "Sink",
+    "StructlogSink",
     "access_event_schema",
     "build_access_event",
     "format_timestamp",

@@ -17,24 +17,12 @@ from structlog.typing import Processor
 
 from .redaction import redact_secrets
 
-__all__ = ["JsonLinesSink", "MemorySink", "Sink", "render_json"]
+__all__ = ["JsonLinesSink", "MemorySink", "Sink", "StructlogSink", "render_json"]
 
 
 def render_json(_logger: object, _method_name: str, event_dict: MutableMapping[str, Any]) -> bytes:
     """Render an event dict as one line of compact JSON (bytes, without the newline)."""
     return orjson.dumps(event_dict, default=str)
-
-
-class _LineCollector:
-    """A structlog logger that collects rendered lines for one batch write."""
-
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-
-    def msg(self, message: bytes) -> None:
-        self.lines.append(message)
-
-    info = warning = error = critical = debug = msg
 
 
 class Sink(abc.ABC):
@@ -60,9 +48,11 @@ class JsonLinesSink(Sink):
     """
     Write events as JSON lines to a stream (standard error by default) or a file.
 
-    Each event passes through ``processors``, then `redact_secrets`, then is rendered with
-    orjson, all through a private structlog logger: the application's structlog
-    configuration is neither used nor changed.
+    Each event passes through ``processors``, then `redact_secrets`, then `render_json`. These
+    are ordinary structlog processors, so any processor written for structlog works here. The
+    sink runs the chain itself rather than through a structlog ``BoundLogger``: for a ready-made
+    event dict the logger adds nothing but about 5 µs per event. To send events through the
+    application's own structlog configuration instead, use `StructlogSink`.
 
     Args:
         target: ``"stderr"``, ``"stdout"``, a file path (opened for appending), or a binary or
@@ -91,28 +81,32 @@ class JsonLinesSink(Sink):
             self._stream = target
 
         self.target = target
-        self._collector = _LineCollector()
-        self._logger = structlog.wrap_logger(
-            self._collector,
-            processors=[*processors, redact_secrets, render_json],
-            wrapper_class=structlog.BoundLogger,
-            context_class=dict,
-            cache_logger_on_first_use=False,
-        )
+        self.processors: tuple[Processor, ...] = (*processors, redact_secrets, render_json)
+
+    def render(self, event: dict[str, Any]) -> bytes:
+        """Run the processor chain on a copy of one event and return the rendered line."""
+        rendered: Any = dict(event)
+        for processor in self.processors:
+            rendered = processor(None, "info", rendered)
+        if isinstance(rendered, str):
+            rendered = rendered.encode()
+        if not isinstance(rendered, bytes | bytearray):
+            message = f"the last processor returned {type(rendered).__name__}, not bytes or str"
+            raise TypeError(message)
+        return bytes(rendered)
 
     def write(self, events: Sequence[dict[str, Any]]) -> None:
-        with self._lock:
-            log = self._logger
-            for event in events:
-                fields = dict(event)
-                name = fields.pop("event", "access")
-                log.info(name, **fields)
+        lines = []
+        for event in events:
+            try:
+                lines.append(self.render(event))
+            except structlog.DropEvent:
+                continue
+        if not lines:
+            return
+        payload = b"\n".join(lines) + b"\n"
 
-            lines = self._collector.lines
-            self._collector.lines = []
-            if not lines:
-                return
-            payload = b"\n".join(lines) + b"\n"
+        with self._lock:
             stream = self._stream
             buffer = getattr(stream, "buffer", None)
             if buffer is not None:
@@ -131,6 +125,32 @@ class JsonLinesSink(Sink):
         with self._lock:
             if self._owned:
                 self._stream.close()
+
+
+class StructlogSink(Sink):
+    """
+    Send events through the application's structlog configuration.
+
+    Each event becomes one ``logger.info(event_name, **fields)`` call on
+    ``structlog.get_logger(logger_name)``, after `redact_secrets`, so the application's
+    processors, renderer and output decide where it goes. zerotrust never calls
+    ``structlog.configure``.
+
+    Args:
+        logger_name: Passed to ``structlog.get_logger``.
+    """
+
+    name = "structlog"
+
+    def __init__(self, logger_name: str = "zerotrust") -> None:
+        self.logger_name = logger_name
+
+    def write(self, events: Sequence[dict[str, Any]]) -> None:
+        logger = structlog.get_logger(self.logger_name)
+        for event in events:
+            fields = dict(redact_secrets(None, "info", dict(event)))
+            name = fields.pop("event", "access")
+            logger.info(name, **fields)
 
 
 class MemorySink(Sink):

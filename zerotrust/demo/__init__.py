@@ -1,0 +1,155 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The ``zerotrust demo`` command: a local issuer, a protected app and scripted requests."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from pathlib import Path
+
+from ..exceptions import MissingExtraError
+
+__all__ = ["DESCRIPTION", "SUMMARY", "add_arguments", "run"]
+
+SUMMARY = "serve a protected sample app on loopback and send it allowed and denied requests"
+DESCRIPTION = """\
+Start a local token issuer with a JWKS endpoint and a sample Starlette app protected by
+ZeroTrustMiddleware, both on a loopback address. Then send a scripted set of HTTP requests
+(valid, expired, forged and unsigned tokens, missing scopes and roles, path tricks) and
+compare each decision with the expected one. The access events are appended to a JSON lines
+file, checked against the access event JSON Schema, and searched for leaked tokens.
+
+Exit status: 0 when every request got the expected status and reason and the events file
+passed every check, 1 otherwise, 2 on a usage error."""
+
+DEFAULT_EVENTS_PATH = Path("zerotrust-demo-events.jsonl")
+_PIPED_WIDTH = 120
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``zerotrust demo``."""
+    parser.add_argument(
+        "--events",
+        type=Path,
+        default=DEFAULT_EVENTS_PATH,
+        metavar="PATH",
+        help="JSON lines file the access events are appended to (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=0,
+        metavar="N",
+        help="TCP port of the sample app; 0 picks a free port (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--host",
+        type=_loopback_host,
+        default="127.0.0.1",
+        help="loopback address both servers listen on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print only the one-line result and any request that did not go as expected",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo and print the report; return the exit status."""
+    try:
+        import rich  # noqa: F401 -- checked here so a missing extra fails before any work
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("zerotrust demo", "cli") from None
+
+    from rich.console import Console
+
+    from ..cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+    from ..events import JsonLinesSink
+    from .report import print_outcomes, print_summary, summary_line
+    from .runner import DemoOptions, find_secrets, run_demo
+    from .servers import ServerStartError
+
+    console = Console(record=True, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Rich assumes 80 columns when writing to a file or pipe, which wraps every row.
+        console.width = _PIPED_WIDTH
+    error_console = Console(stderr=True, highlight=False, soft_wrap=True)
+    options = DemoOptions(events_path=args.events, host=args.host, port=args.port)
+    try:
+        events_sink = JsonLinesSink(options.events_path)
+    except OSError as error:
+        error_console.print(
+            f"zerotrust demo: error: cannot open the events file {str(args.events)!r}: "
+            f"{error.strerror}. Pass --events with a writable path.",
+            markup=False,
+        )
+        return EXIT_USAGE
+
+    try:
+        if args.quiet:
+            result = run_demo(options, events_sink)
+        else:
+            with console.status("Starting the demo") as status:
+                result = run_demo(options, events_sink, progress=status.update)
+    except ServerStartError as error:
+        error_console.print(f"zerotrust demo: error: {error}", markup=False)
+        return EXIT_FAILURE
+    finally:
+        # The emitter closes the sink on success; this covers a failure before it existed.
+        events_sink.close()
+
+    if args.quiet:
+        for number, outcome in enumerate(result.outcomes, start=1):
+            if not outcome.matched:
+                probe = outcome.probe
+                console.print(
+                    f"request {number} {probe.method} {probe.target}: expected "
+                    f"{probe.expected_status} {probe.expected_reason or 'allow'}, got "
+                    f"{outcome.status} {outcome.reason or outcome.decision or outcome.error}",
+                    markup=False,
+                    soft_wrap=True,
+                )
+    else:
+        print_outcomes(console, result)
+        print_summary(console, result)
+
+    # Everything printed so far went through the recording console, so it can be searched.
+    leaked_into_output = find_secrets(console.export_text(clear=False), result.secrets)
+    if not args.quiet:
+        if leaked_into_output:
+            console.print(f"  [red]{len(leaked_into_output)} token strings found in the output[/]")
+        else:
+            console.print("  [green]no token in the printed output[/]")
+    console.print(summary_line(result, len(leaked_into_output)), markup=False, soft_wrap=True)
+
+    return EXIT_OK if result.passed and not leaked_into_output else EXIT_FAILURE
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        message = f"port must be a whole number from 0 to 65535, not {value!r}"
+        raise argparse.ArgumentTypeError(message)
+
+    return port
+
+
+def _loopback_host(value: str) -> str:
+    try:
+        address = ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        address = None
+    if address is None or not address.is_loopback:
+        message = (
+            f"host must be a loopback IP address such as 127.0.0.1 or ::1, not {value!r}: "
+            "the demo serves its issuer and app only to this machine"
+        )
+        raise argparse.ArgumentTypeError(message)
+
+    return str(address)
