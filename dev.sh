@@ -2,6 +2,7 @@
 # Developer entry point: creates .venv on first use, installs the project, then runs a task.
 #   ./dev.sh demo [ARGS...]   run the end-to-end demo (real servers on 127.0.0.1)
 #   ./dev.sh test [ARGS...]   run the test suite (extra arguments go to pytest)
+#   ./dev.sh lint             run ruff and mypy
 #   ./dev.sh bench [ARGS...]  run the in-process benchmark
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -41,12 +42,18 @@ case $task in
         fi
         exit $status
         ;;
+    lint)
+        install
+        "$venv/bin/ruff" check zerotrust tests benchmarks examples
+        "$venv/bin/ruff" format --check zerotrust tests benchmarks examples
+        "$venv/bin/mypy"
+        ;;
     bench)
         install
         exec "$venv/bin/python" benchmarks/bench_inprocess.py "$@"
         ;;
     *)
-        echo "usage: ./dev.sh {demo|test|bench} [ARGS...]" >&2
+        echo "usage: ./dev.sh {demo|test|lint|bench} [ARGS...]" >&2
         exit 2
         ;;
 esac

@@ -77,7 +77,9 @@ def http_scope(
     }
 
 
-async def call(app: Any, scope: dict[str, Any], incoming: list[Message] | None = None) -> list[Message]:
+async def call(
+    app: Any, scope: dict[str, Any], incoming: list[Message] | None = None
+) -> list[Message]:
     queue = list(incoming or [{"type": "http.request", "body": b"", "more_body": False}])
     sent: list[Message] = []
 
@@ -149,7 +151,9 @@ class TestHttp:
         sent = await call(app, http_scope("/api/items"))
 
         assert 401 == status_of(sent)
-        assert b'Bearer realm="zerotrust", error="invalid_token"' == header(sent, b"www-authenticate")
+        assert b'Bearer realm="zerotrust", error="invalid_token"' == header(
+            sent, b"www-authenticate"
+        )
 
     async def test_head_denial_has_no_body(self) -> None:
         """A denied HEAD request gets headers but no body."""
@@ -186,7 +190,9 @@ class TestHttp:
         app = protect(inner, path_normalization="rewrite")
 
         with capture_events() as events:
-            sent = await call(app, http_scope("/api/../admin/users", raw_path=b"/api/../admin/users"))
+            sent = await call(
+                app, http_scope("/api/../admin/users", raw_path=b"/api/../admin/users")
+            )
 
         assert 403 == status_of(sent)
         assert "admin" == events[0]["segment"]
@@ -249,7 +255,9 @@ class TestHttp:
         """A monitored segment lets a denied request through and records the would-be denial."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", InsecureConfigurationWarning)
-            segment = Segment("api", paths=["/api/"], verifiers=[deny("geo_blocked")], mode="monitor")
+            segment = Segment(
+                "api", paths=["/api/"], verifiers=[deny("geo_blocked")], mode="monitor"
+            )
         inner = RecordingApp()
 
         with capture_events() as events:
@@ -305,7 +313,9 @@ class TestWebsocket:
         """A denied handshake is closed with 1008 before the app sees it."""
         inner = RecordingApp()
         with capture_events() as events:
-            sent = await call(protect(inner), self.scope("/admin/ws"), [{"type": "websocket.connect"}])
+            sent = await call(
+                protect(inner), self.scope("/admin/ws"), [{"type": "websocket.connect"}]
+            )
 
         assert [{"type": "websocket.close", "code": 1008}] == sent
         assert [] == inner.scopes
@@ -337,7 +347,9 @@ class TestLifespan:
         inner = RecordingApp()
         incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
 
-        sent = await call(protect(inner), {"type": "lifespan", "asgi": {"version": "3.0"}}, incoming)
+        sent = await call(
+            protect(inner), {"type": "lifespan", "asgi": {"version": "3.0"}}, incoming
+        )
 
         assert ["lifespan.startup", "lifespan.shutdown"] == inner.lifespan
         expected = [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
@@ -353,3 +365,23 @@ class TestLifespan:
         await call(app, {"type": "lifespan", "asgi": {"version": "3.0"}}, incoming)
 
         assert 1 == len(sink.events)
+
+
+class TestMalformedScope:
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"headers": [(b"host", "not-bytes")]},
+            {"headers": None},
+            {"headers": [(b"host",)]},
+        ],
+    )
+    async def test_unreadable_scope_denied(self, change: dict[str, Any]) -> None:
+        """A scope the middleware cannot read is denied with malformed_request, not a 500."""
+        scope = http_scope("/healthz")
+        scope.update(change)
+        with capture_events() as events:
+            sent = await call(protect(RecordingApp()), scope)
+
+        assert 403 == status_of(sent)
+        assert ["malformed_request"] == events[0]["reasons"]

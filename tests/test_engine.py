@@ -23,7 +23,9 @@ from zerotrust import (
 from zerotrust.testing import StaticVerifier, abstain, allow, deny
 
 
-def request(path: str = "/api/items", method: str = "GET", problem: str | None = None) -> AccessRequest:
+def request(
+    path: str = "/api/items", method: str = "GET", problem: str | None = None
+) -> AccessRequest:
     return AccessRequest(
         method=method,
         path=path,

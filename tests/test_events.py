@@ -143,7 +143,7 @@ class TestJsonLinesSink:
     def test_control_characters_escaped(self) -> None:
         """CR/LF in a value cannot start a new log line."""
         stream = io.BytesIO()
-        JsonLinesSink(stream).write([{"event": "access", "user_agent": "x\r\n{\"forged\":1}"}])
+        JsonLinesSink(stream).write([{"event": "access", "user_agent": 'x\r\n{"forged":1}'}])
 
         assert 1 == len(stream.getvalue().splitlines())
 

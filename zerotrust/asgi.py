@@ -27,6 +27,7 @@ from .request import (
     TrustedProxies,
     accept_request_id,
     check_raw_path,
+    new_request_id,
     normalize_path,
     parse_host,
     parse_peer,
@@ -191,7 +192,11 @@ class ZeroTrustMiddleware:
             return
 
         started = perf_counter()
-        request, scope = self._access_request(scope)
+        try:
+            request, scope = self._access_request(scope)
+        except Exception:
+            logger.exception("reading the request failed; denying it")
+            request = _unreadable_request(scope)
         try:
             decision = await self.engine.decide(request)
         except Exception:
@@ -361,6 +366,23 @@ class ZeroTrustMiddleware:
         """Fetch every remote key set once, so the first requests need not wait. Never raises."""
         if self._key_sets:
             await asyncio.gather(*(key_set.refresh() for key_set in self._key_sets))
+
+
+def _unreadable_request(scope: Scope) -> AccessRequest:
+    """Build a minimal access request, marked as malformed, for a scope that could not be read."""
+    return AccessRequest(
+        method=str(scope.get("method", "GET"))[:16],
+        path="",
+        raw_path="",
+        host="",
+        headers=Headers(raw=[]),
+        client_ip=None,
+        peer_ip=None,
+        request_id=new_request_id(),
+        time=time.time(),
+        protocol="websocket" if scope.get("type") == "websocket" else "http",
+        problem="malformed_request",
+    )
 
 
 def _route_path(path: str, root_path: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Literal
 
 from starlette.datastructures import Headers
 
+from ._ids import random_bits
 from .exceptions import ConfigurationError
 
 __all__ = [
@@ -40,7 +40,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_PATH_BYTES = 8192
 # Unreserved and sub-delimiter characters only: nothing to decode and nothing to reject.
 _PLAIN_PATH = re.compile(rb"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
-_random_bits = random.getrandbits
 
 
 class PathProblem(ValueError):
@@ -104,16 +103,15 @@ def new_request_id() -> str:
     """
     Generate a random 128-bit request id as 32 hex digits.
 
-    Request ids correlate log lines and need to be unique, not secret, so they come from the
-    ``random`` module: ``os.urandom`` costs tens of microseconds per call on some virtual
-    machines, which is more than the rest of the request path.
+    Request ids correlate log lines and need to be unique, not secret; see `zerotrust._ids`.
     """
-    return f"{_random_bits(128):032x}"
+    return f"{random_bits(128):032x}"
 
 
 def accept_request_id(value: str | None) -> str:
     """Return ``value`` if it is a well-formed request id, else a fresh one."""
-    if value and _REQUEST_ID.fullmatch(value):
+    # An id that looks like a JWT would be redacted in events and so could not be correlated.
+    if value and _REQUEST_ID.fullmatch(value) and "eyJ" not in value:
         return value
 
     return new_request_id()
@@ -254,7 +252,7 @@ class TrustedProxies:
             The client address and ``None``, or the peer and a reason code when a trusted
             proxy sent a forwarding header that cannot be parsed.
         """
-        if peer not in self:
+        if not self.networks or peer not in self:
             return peer, None
 
         values = headers.getlist(self.header)
@@ -339,12 +337,18 @@ def parse_host(values: Sequence[str]) -> tuple[str, str | None]:
         The host (empty if absent) and ``None``, or ``""`` and a reason code when the header is
         repeated or malformed.
     """
+    if len(values) == 1:
+        return _parse_one_host(values[0])
     if not values:
         return "", None
-    if len(values) > 1:
-        return "", "duplicate_host_header"
 
-    value = values[0].strip().lower()
+    return "", "duplicate_host_header"
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_one_host(raw: str) -> tuple[str, str | None]:
+    # Clients repeat the same few Host values, so the parse is cached.
+    value = raw.strip().lower()
     if value.startswith("["):
         host, bracket, rest = value[1:].partition("]")
         if not bracket or (rest and not _is_port(rest)):

@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import io
 import ipaddress
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..exceptions import MissingExtraError
+
+if TYPE_CHECKING:
+    from .runner import DemoResult
 
 __all__ = ["DESCRIPTION", "SUMMARY", "add_arguments", "run"]
 
@@ -25,6 +30,7 @@ passed every check, 1 otherwise, 2 on a usage error."""
 
 DEFAULT_EVENTS_PATH = Path("zerotrust-demo-events.jsonl")
 _PIPED_WIDTH = 120
+_UNWRAPPED_WIDTH = 10_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
         print_summary(console, result)
 
     # Everything printed so far went through the recording console, so it can be searched.
-    leaked_into_output = find_secrets(console.export_text(clear=False), result.secrets)
+    # Table cells fold long values across lines, so the report is also rendered unwrapped.
+    printed = console.export_text(clear=False) + _render_unwrapped(result)
+    leaked_into_output = find_secrets(printed, result.secrets)
     if not args.quiet:
         if leaked_into_output:
             console.print(f"  [red]{len(leaked_into_output)} token strings found in the output[/]")
@@ -126,6 +134,19 @@ def run(args: argparse.Namespace) -> int:
     console.print(summary_line(result, len(leaked_into_output)), markup=False, soft_wrap=True)
 
     return EXIT_OK if result.passed and not leaked_into_output else EXIT_FAILURE
+
+
+def _render_unwrapped(result: DemoResult) -> str:
+    """Render the table and summary on a console wide enough that no cell wraps."""
+    from rich.console import Console
+
+    from .report import print_outcomes, print_summary
+
+    console = Console(file=io.StringIO(), record=True, width=_UNWRAPPED_WIDTH)
+    print_outcomes(console, result)
+    print_summary(console, result)
+
+    return console.export_text()
 
 
 def _port(value: str) -> int:

@@ -172,7 +172,7 @@ def run_demo(
                 progress(f"Sending {len(probes)} requests to {served.url}")
                 responses = asyncio.run(_send_all(served.host, served.port, probes, run_id))
         finally:
-            # Closing flushes the queue, so both sinks hold every event before they are read.
+            # Closing flushes the queue, so both sinks contain every event before they are read.
             emitter.close()
 
     events_by_id = {event.get("request_id"): event for event in memory.events}

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import functools
-import random
 import time
 from typing import TYPE_CHECKING, Any
+
+from .._ids import random_bits
+from .redaction import redact_text
 
 if TYPE_CHECKING:
     from ..engine import Decision
@@ -27,8 +29,7 @@ def new_event_id(timestamp: float | None = None) -> str:
     """Generate a time-ordered UUID (version 7, RFC 9562) as a string."""
     milliseconds = int((time.time() if timestamp is None else timestamp) * 1000)
     value = (milliseconds & 0xFFFF_FFFF_FFFF) << 80
-    # Unique rather than secret, like request ids, so the fast non-cryptographic generator.
-    value |= random.getrandbits(80)
+    value |= random_bits(80)
     value = (value & ~(0xF << 76)) | (0x7 << 76)
     value = (value & ~(0x3 << 62)) | (0x2 << 62)
     text = f"{value:032x}"
@@ -55,7 +56,12 @@ def _format_second(second: int) -> str:
 def _clip(value: str | None, limit: int) -> str | None:
     if value is None or len(value) <= limit:
         return value
-    return value[:limit] + "...[truncated]"
+    # Redact before cutting, so a credential cut in half still gets its full fingerprint.
+    return redact_text(value)[:limit] + "...[truncated]"
+
+
+# Formatting an address costs about half a microsecond, and clients and proxies repeat.
+_ip_text = functools.lru_cache(maxsize=4096)(str)
 
 
 def _fact_value(value: Any) -> Any:
@@ -123,8 +129,8 @@ def build_access_event(
         "subject": principal.subject if principal is not None else None,
         "issuer": principal.issuer if principal is not None else None,
         "credential_fingerprint": fingerprint,
-        "client_ip": str(request.client_ip) if request.client_ip is not None else None,
-        "peer_ip": str(request.peer_ip) if request.peer_ip is not None else None,
+        "client_ip": _ip_text(request.client_ip) if request.client_ip is not None else None,
+        "peer_ip": _ip_text(request.peer_ip) if request.peer_ip is not None else None,
         "method": request.method,
         "scheme": request.scheme,
         "protocol": request.protocol,
@@ -145,5 +151,8 @@ def build_access_event(
         }
     if close_code is not None:
         event["close_code"] = close_code
+    if request.problem is not None and request.raw_path != request.path:
+        # For a malformed request the normalised path hides what was sent, such as %2F.
+        event["raw_path"] = _clip(request.raw_path, _MAX_PATH)
 
     return event

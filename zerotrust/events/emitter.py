@@ -43,7 +43,8 @@ class EventEmitter:
         sinks: Where events go; JSON lines on standard error by default.
         max_queue: Most events waiting for the writer thread.
         batch_size: Most events handed to a sink in one call.
-        flush_interval: Seconds the writer thread sleeps when the queue is empty.
+        flush_interval: Seconds the writer thread waits before writing a batch that is not
+            full; also the longest an event waits in the queue when traffic is light.
     """
 
     def __init__(
@@ -115,11 +116,14 @@ class EventEmitter:
         if len(self._queue) >= self.max_queue:
             self.dropped += 1
             return
-        self._queue.append(item)
+        queue = self._queue
+        queue.append(item)
         self._enqueued += 1
         if self._pid != os.getpid():
             self._start()
-        elif not self._wakeup.is_set():
+        elif len(queue) >= self.batch_size and not self._wakeup.is_set():
+            # Below a full batch the writer wakes on its own timer: waking it for every event
+            # makes it write batches of one and compete with the event loop for the GIL.
             self._wakeup.set()
 
     def _start(self) -> None:

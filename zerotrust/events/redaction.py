@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 from collections.abc import Mapping, MutableMapping
@@ -36,6 +35,11 @@ SECRET_KEYS = frozenset(
 _JWT = re.compile(r"eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/\-]+=*")
 _MAX_DEPTH = 8
+_SKIP, _REPLACE, _SCAN = 0, 1, 2
+_SCALARS = frozenset({bool, int, float})
+# What to do with each key seen so far; event keys repeat, so classifying once saves time.
+_KEY_ACTIONS: dict[object, int] = {}
+_MAX_KEY_ACTIONS = 4096
 # Access-event fields that hold only values zerotrust generated or validated.
 _GENERATED_FIELDS = frozenset(
     {
@@ -81,22 +85,31 @@ def redact_text(value: str) -> str:
     return value
 
 
-@functools.lru_cache(maxsize=1024)
-def _is_secret_key(key: str) -> bool:
-    return key.lower() in SECRET_KEYS
-
-
 def _redact(value: Any, depth: int) -> Any:
+    """Redact inside a nested value; containers are changed in place to avoid copies."""
     if isinstance(value, str):
-        return redact_text(value)
+        if "eyJ" in value or " " in value:
+            return redact_text(value)
+        return value
     if depth >= _MAX_DEPTH:
         return value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            action = _KEY_ACTIONS.get(key)
+            if action is None:
+                action = _classify_key(key)
+            if action == _REPLACE:
+                value[key] = "[redacted]"
+            elif action == _SCAN and item is not None and type(item) not in _SCALARS:
+                value[key] = _redact(item, depth + 1)
+        return value
     if isinstance(value, Mapping):
-        return {
-            key: "[redacted]" if _is_secret_key(str(key)) else _redact(item, depth + 1)
-            for key, item in value.items()
-        }
-    if isinstance(value, list | tuple):
+        return _redact(dict(value), depth)
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            value[index] = _redact(item, depth + 1)
+        return value
+    if isinstance(value, tuple):
         return [_redact(item, depth + 1) for item in value]
     return value
 
@@ -111,17 +124,37 @@ def redact_secrets(
     ``[redacted]``. Compact JWTs and ``Bearer``/``Basic`` credentials anywhere in a string become
     a SHA-256 fingerprint, so two events about the same credential can still be correlated.
     Fields that zerotrust itself fills from validated values (ids, times, enums, numbers) are
-    skipped, which keeps this processor cheap on the request rate.
+    skipped, which keeps this processor cheap at the request rate. Nested dicts and lists are
+    redacted in place.
     """
     for key, value in event_dict.items():
-        if key in _GENERATED_FIELDS or value is None or isinstance(value, bool | int | float):
+        action = _KEY_ACTIONS.get(key)
+        if action is None:
+            action = _classify_key(key)
+        if action == _SKIP:
             continue
-        if _is_secret_key(key):
+        if action == _REPLACE:
             event_dict[key] = "[redacted]"
-        elif isinstance(value, str):
+            continue
+
+        value_type = type(value)
+        if value_type is str:
             if "eyJ" in value or " " in value:
                 event_dict[key] = redact_text(value)
-        else:
+        elif value is not None and value_type not in _SCALARS:
             event_dict[key] = _redact(value, 0)
 
     return event_dict
+
+
+def _classify_key(key: object) -> int:
+    name = str(key)
+    if name in _GENERATED_FIELDS:
+        action = _SKIP
+    elif name.lower() in SECRET_KEYS:
+        action = _REPLACE
+    else:
+        action = _SCAN
+    if len(_KEY_ACTIONS) < _MAX_KEY_ACTIONS:
+        _KEY_ACTIONS[key] = action
+    return action

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import re
 import time
 import warnings
@@ -16,7 +18,7 @@ from starlette.requests import cookie_parser
 
 from ..exceptions import ConfigurationError, InsecureConfigurationWarning, KeySetUnavailableError
 from .base import Principal, Verdict, VerificationContext, Verifier
-from .jwks import HMAC_ALGORITHMS, KeySet, RemoteKeySet, StaticKeySet, UnknownKeyError
+from .jwks import KeySet, RemoteKeySet, StaticKeySet, UnknownKeyError
 
 if TYPE_CHECKING:
     import httpx
@@ -27,8 +29,19 @@ __all__ = ["JWTVerifier", "TokenCache", "token_fingerprint"]
 
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 _MAX_LEEWAY = 300.0
+_MAX_HEADER_CHARS = 2048
 # Header parameters this verifier understands when a token lists them in "crit" (RFC 7515 4.1.11).
 _UNDERSTOOD_CRITICAL: frozenset[str] = frozenset()
+
+# Claim errors that only newer PyJWT releases (2.10 and later) raise.
+_OPTIONAL_ERRORS: tuple[type[Exception], ...] = tuple(
+    error
+    for error in (
+        getattr(jwt.exceptions, "InvalidSubjectError", None),
+        getattr(jwt.exceptions, "InvalidJTIError", None),
+    )
+    if isinstance(error, type)
+)
 
 _ERRORS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.ExpiredSignatureError, "token_expired"),
@@ -37,6 +50,7 @@ _ERRORS: tuple[tuple[type[Exception], str], ...] = (
     (jwt.InvalidIssuerError, "invalid_issuer"),
     (jwt.MissingRequiredClaimError, "missing_claim"),
     (jwt.InvalidIssuedAtError, "invalid_claim"),
+    *((error, "invalid_claim") for error in _OPTIONAL_ERRORS),
     (jwt.InvalidSignatureError, "invalid_signature"),
     (jwt.InvalidAlgorithmError, "algorithm_not_allowed"),
     (jwt.DecodeError, "token_malformed"),
@@ -184,13 +198,9 @@ class JWTVerifier(Verifier):
             message = f"max_token_bytes must be at least 64, not {max_token_bytes!r}"
             raise ConfigurationError(message, parameter="max_token_bytes", value=max_token_bytes)
 
+        algorithms = [algorithms] if isinstance(algorithms, str) else list(algorithms)
         self.key_set: KeySet
         if jwks_url is not None:
-            if set(algorithms) & HMAC_ALGORITHMS:
-                message = (
-                    "HMAC algorithms cannot be used with jwks_url: a JWKS publishes public keys"
-                )
-                raise ConfigurationError(message, parameter="algorithms", value=list(algorithms))
             self.key_set = RemoteKeySet(
                 jwks_url, algorithms=algorithms, client=http_client, **dict(jwks_options or {})
             )
@@ -245,7 +255,8 @@ class JWTVerifier(Verifier):
         if not token:
             return Verdict.failed("token_missing", challenge=self._challenge_missing)
         if len(token) > self.max_token_bytes:
-            return Verdict.failed("token_too_large", f"{len(token)} bytes")
+            digest = hashlib.sha256(token.encode()).digest()
+            return _failed("token_too_large", f"{len(token)} bytes", digest)
 
         return token
 
@@ -292,10 +303,11 @@ class JWTVerifier(Verifier):
     def _read_header(self, token: str, digest: bytes) -> dict[str, Any] | Verdict:
         if not _COMPACT_JWS.fullmatch(token):
             return _failed("token_malformed", "not a compact JWS", digest)
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            return _failed("token_malformed", "header is not valid base64url JSON", digest)
+        # Decoded here rather than with PyJWT, whose own header checks raise before the kid and
+        # crit checks below could give their reason codes.
+        header = _decode_header(token.partition(".")[0])
+        if header is None:
+            return _failed("token_malformed", "header is not base64url-encoded JSON", digest)
 
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
@@ -349,6 +361,17 @@ class JWTVerifier(Verifier):
             self.cache.put(digest, principal)
 
         return Verdict.passed(principal=principal)
+
+
+def _decode_header(segment: str) -> dict[str, Any] | None:
+    if len(segment) > _MAX_HEADER_CHARS:
+        return None
+    try:
+        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        header = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return header if isinstance(header, dict) else None
 
 
 def _failed(reason: str, detail: str, digest: bytes) -> Verdict:

@@ -92,44 +92,54 @@ def _compatible(jwk: Mapping[str, Any], alg: str) -> bool:
     return jwk.get("use") in (None, "sig")
 
 
+KeyIndex = dict[tuple[str | None, str], list[jwt.PyJWK]]
+
+
 def _index_keys(
     jwks: Iterable[Mapping[str, Any]], algorithms: frozenset[str], source: str
-) -> dict[tuple[str | None, str], jwt.PyJWK]:
-    """Build a ``(kid, alg) -> PyJWK`` index, skipping keys that are invalid or unusable."""
-    index: dict[tuple[str | None, str], jwt.PyJWK] = {}
+) -> KeyIndex:
+    """Build a ``(kid, alg) -> keys`` index, skipping keys that are invalid or unusable."""
+    index: KeyIndex = {}
     for jwk in jwks:
         if not isinstance(jwk, Mapping):
             continue
         kid = jwk.get("kid")
         if kid is not None and not isinstance(kid, str):
             continue
+        if "d" in jwk:
+            # A published private key is an issuer mistake; verifying needs only the public part.
+            logger.warning("skipping key %r from %s: it contains private key material", kid, source)
+            continue
         for alg in algorithms:
             if not _compatible(jwk, alg):
                 continue
             try:
-                index[(kid, alg)] = jwt.PyJWK(dict(jwk), algorithm=alg)
-            except jwt.PyJWKError as error:
+                key = jwt.PyJWK(dict(jwk), algorithm=alg)
+            except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError) as error:
                 logger.warning("skipping key %r from %s: %s", kid, source, error)
+                continue
+            index.setdefault((kid, alg), []).append(key)
 
     return index
 
 
-def _find(
-    index: Mapping[tuple[str | None, str], jwt.PyJWK], kid: str | None, alg: str
-) -> jwt.PyJWK | None:
-    key = index.get((kid, alg))
-    if key is not None:
-        return key
+def _find(index: KeyIndex, kid: str | None, alg: str) -> jwt.PyJWK | None:
+    """
+    Return the one key for ``kid`` and ``alg``, or ``None`` when there is none or several.
 
-    # A key without a kid may serve tokens with or without one, but only when it is the only
-    # candidate: guessing between keys would let a token pick its own key.
-    anonymous = [
-        value for (key_id, key_alg), value in index.items() if key_id is None and key_alg == alg
-    ]
+    A key without a kid may serve tokens with or without one, and a token without a kid may use
+    the only key for its algorithm. Whenever more than one key could apply, there is no match:
+    guessing between keys would let a token choose which key verifies it.
+    """
+    keys = index.get((kid, alg))
+    if keys is not None:
+        return keys[0] if len(keys) == 1 else None
+
+    anonymous = index.get((None, alg), [])
     if len(anonymous) == 1:
         return anonymous[0]
     if kid is None:
-        candidates = [value for (_, key_alg), value in index.items() if key_alg == alg]
+        candidates = [key for (_, key_alg), keys in index.items() if key_alg == alg for key in keys]
         if len(candidates) == 1:
             return candidates[0]
 
@@ -191,6 +201,9 @@ def _as_jwks(keys: Any, algorithms: frozenset[str]) -> Iterable[Mapping[str, Any
 
     for key in keys:
         if isinstance(key, Mapping):
+            if "d" in key or (key.get("kty") == "oct" and not algorithms <= HMAC_ALGORITHMS):
+                message = "keys must be public keys; a private or secret JWK was given"
+                raise ConfigurationError(message, parameter="keys", value="<private key>")
             yield key
         else:
             yield _key_to_jwk(key, algorithms)
@@ -280,6 +293,12 @@ class RemoteKeySet(KeySet):
     ) -> None:
         self.url = _check_url(url)
         self.algorithms = check_algorithms(algorithms)
+        if self.algorithms & HMAC_ALGORITHMS:
+            message = (
+                "a JWKS publishes public keys, so HMAC algorithms cannot be used with it: "
+                f"{sorted(self.algorithms & HMAC_ALGORITHMS)}"
+            )
+            raise ConfigurationError(message, parameter="algorithms", value=sorted(self.algorithms))
         for parameter, value in (
             ("timeout", timeout),
             ("ttl", ttl),
@@ -308,7 +327,7 @@ class RemoteKeySet(KeySet):
         self.max_bytes = max_bytes
         self.max_keys = max_keys
         self._client = client
-        self._index: dict[tuple[str | None, str], jwt.PyJWK] = {}
+        self._index: KeyIndex = {}
         self._fresh_until = 0.0
         self._usable_until = 0.0
         self._last_attempt = float("-inf")

@@ -1,0 +1,323 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Measure the per-request cost of zerotrust in-process, as a ratio to the bare Starlette app."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_apps import PATH, SCOPE, bare_app, starlette_auth_app, zerotrust_app
+from rich.console import Console
+from rich.table import Table
+from starlette.types import ASGIApp, Message, Scope
+
+from zerotrust import EventEmitter
+from zerotrust.testing import TokenIssuer
+
+DEFAULT_REQUESTS = 8000
+DEFAULT_ROUNDS = 5
+QUICK_REQUESTS = 400
+QUICK_ROUNDS = 3
+
+
+@dataclass
+class Variant:
+    """One application under test, with the scope it is called with."""
+
+    name: str
+    app: ASGIApp
+    scope: Scope
+    emitter: EventEmitter | None = None
+    events_path: Path | None = None
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    calls: int = 0
+
+
+@dataclass
+class Result:
+    """Median cost of one variant, in microseconds per request."""
+
+    name: str
+    wall_us: float
+    cpu_us: float
+    wall_ratio: float
+    cpu_ratio: float
+    wall_rounds_us: list[float]
+    cpu_rounds_us: list[float]
+    events_written: int | None
+    events_dropped: int | None
+
+
+def build_scope(token: str) -> Scope:
+    """Build an HTTP scope shaped like the ones uvicorn creates for ``GET /api/items``."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": PATH,
+        "raw_path": PATH.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"user-agent", b"bench-inprocess/1"),
+            (b"accept", b"*/*"),
+            (b"authorization", f"Bearer {token}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def discard(_message: Message) -> None:
+    return None
+
+
+def build_variants(events_dir: Path, max_queue: int) -> list[Variant]:
+    """Build every variant; the token issuer's static keys mean no network is involved."""
+    issuer = TokenIssuer(issuer="https://issuer.bench", algorithms=("RS256", "ES256"))
+    jwks = issuer.jwks()
+    tokens = {
+        alg: issuer.token("alice", scopes=[SCOPE], alg=alg, lifetime=3600)
+        for alg in ("RS256", "ES256")
+    }
+
+    variants = [Variant("bare Starlette", bare_app(), build_scope(tokens["RS256"]))]
+    for alg, cached in (("RS256", True), ("ES256", True), ("RS256", False), ("ES256", False)):
+        label = "cached" if cached else "uncached"
+        events_path = events_dir / f"{alg}-{label}.jsonl"
+        app, emitter = zerotrust_app(
+            jwks, algorithm=alg, events_path=events_path, cached=cached, max_queue=max_queue
+        )
+        variants.append(
+            Variant(f"zerotrust {alg} {label}", app, build_scope(tokens[alg]), emitter, events_path)
+        )
+    app, emitter = zerotrust_app(jwks, algorithm="RS256", events_path=None, max_queue=max_queue)
+    variants.append(
+        Variant(
+            "zerotrust RS256 cached, events discarded", app, build_scope(tokens["RS256"]), emitter
+        )
+    )
+    public_key = issuer.private_keys["RS256"].public_key()
+    variants.append(
+        Variant(
+            "Starlette AuthenticationMiddleware + pyjwt RS256 uncached",
+            starlette_auth_app(public_key),
+            build_scope(tokens["RS256"]),
+        )
+    )
+
+    return variants
+
+
+async def check(variant: Variant) -> None:
+    """Fail fast unless the variant responds with 200, so a denial is never timed as a success."""
+    statuses: list[int] = []
+
+    async def record(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await variant.app(dict(variant.scope), receive, record)
+    variant.calls += 1
+    if statuses != [200]:
+        message = (
+            f"{variant.name} responded with {statuses} instead of [200]: check the benchmark setup"
+        )
+        raise RuntimeError(message)
+
+
+async def run_round(variant: Variant, requests: int) -> tuple[float, float]:
+    """Call the app ``requests`` times; return wall and CPU seconds, event delivery included."""
+    app = variant.app
+    scope = variant.scope
+    gc.collect()
+
+    wall_start = time.perf_counter()
+    cpu_start = time.process_time()
+    for _ in range(requests):
+        # A server builds a fresh scope per request, and apps add keys to it.
+        await app(dict(scope), receive, discard)
+    # Rendering and writing happen in the emitter's thread: wait for them inside the timing.
+    if variant.emitter is not None and not variant.emitter.flush(timeout=60):
+        message = f"{variant.name}: events were not written within 60 s"
+        raise RuntimeError(message)
+    cpu = time.process_time() - cpu_start
+    wall = time.perf_counter() - wall_start
+    variant.calls += requests
+
+    return wall, cpu
+
+
+async def measure(variants: list[Variant], requests: int, rounds: int, warmup: int) -> None:
+    for variant in variants:
+        await check(variant)
+        await run_round(variant, warmup)
+
+    # Rounds interleave the variants, so a slow phase of the machine hits all of them alike.
+    for _ in range(rounds):
+        for variant in variants:
+            wall, cpu = await run_round(variant, requests)
+            variant.wall.append(wall / requests * 1e6)
+            variant.cpu.append(cpu / requests * 1e6)
+
+
+def summarize(variants: list[Variant]) -> list[Result]:
+    bare_wall = statistics.median(variants[0].wall)
+    bare_cpu = statistics.median(variants[0].cpu)
+    results = []
+    for variant in variants:
+        wall = statistics.median(variant.wall)
+        cpu = statistics.median(variant.cpu)
+        written = dropped = None
+        if variant.emitter is not None:
+            variant.emitter.close()
+        if variant.emitter is not None and variant.events_path is not None:
+            with variant.events_path.open("rb") as file:
+                written = sum(1 for _ in file)
+            dropped = variant.emitter.dropped
+        results.append(
+            Result(
+                variant.name,
+                round(wall, 2),
+                round(cpu, 2),
+                round(wall / bare_wall, 3),
+                round(cpu / bare_cpu, 3),
+                [round(value, 2) for value in variant.wall],
+                [round(value, 2) for value in variant.cpu],
+                written,
+                dropped,
+            )
+        )
+        if written is not None and (written != variant.calls or dropped):
+            print(
+                f"warning: {variant.name} wrote {written} events for {variant.calls} requests "
+                f"({dropped} dropped): its timing excludes the missing events",
+                file=sys.stderr,
+            )
+
+    return results
+
+
+def print_table(results: list[Result], requests: int, rounds: int) -> None:
+    table = Table(
+        title=f"In-process cost per request (median of {rounds} rounds x {requests} requests)"
+    )
+    table.add_column("variant", no_wrap=True)
+    table.add_column("wall µs/req", justify="right")
+    table.add_column("CPU µs/req", justify="right")
+    table.add_column("CPU µs over bare", justify="right")
+    table.add_column("wall ratio", justify="right")
+    table.add_column("CPU ratio", justify="right")
+    bare_cpu = results[0].cpu_us
+    for result in results:
+        table.add_row(
+            result.name,
+            f"{result.wall_us:.1f}",
+            f"{result.cpu_us:.1f}",
+            f"{result.cpu_us - bare_cpu:+.1f}",
+            f"{result.wall_ratio:.2f}x",
+            f"{result.cpu_ratio:.2f}x",
+        )
+    # A pipe gets 80 columns by default, which wraps every row.
+    Console(width=max(Console().width, 140)).print(table)
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        # Other processes on the machine distort wall time more than CPU time.
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=None,
+        help=f"requests per variant and round (default {DEFAULT_REQUESTS}, {QUICK_REQUESTS} quick)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"timed rounds per variant; the median is reported (default {DEFAULT_ROUNDS})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a run of a few seconds, for a smoke test"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    args = parser.parse_args(argv)
+    if args.requests is None:
+        args.requests = QUICK_REQUESTS if args.quick else DEFAULT_REQUESTS
+    if args.rounds is None:
+        args.rounds = QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
+    if args.requests < 1 or args.rounds < 1:
+        parser.error(
+            f"--requests and --rounds must be at least 1, not {args.requests} and {args.rounds}"
+        )
+
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warmup = max(100, args.requests // 5)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="zerotrust-bench-") as directory:
+        # The queue holds a whole round, so no event is dropped and every one is timed.
+        variants = build_variants(Path(directory), max_queue=max(10_000, 2 * args.requests))
+        asyncio.run(measure(variants, args.requests, args.rounds, warmup))
+        results = summarize(variants)
+    elapsed = time.perf_counter() - started
+
+    print_table(results, args.requests, args.rounds)
+    print(f"{elapsed:.1f} s in total; {machine_info()}")
+    if args.json:
+        document = {
+            "benchmark": "inprocess",
+            "requests": args.requests,
+            "rounds": args.rounds,
+            "warmup": warmup,
+            "machine": machine_info(),
+            "results": [asdict(result) for result in results],
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Measure the served throughput of the bare and the protected app under uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_apps import EVENTS_ENV, JWKS_ENV, PATH, SCOPE
+from rich.console import Console
+from rich.table import Table
+
+from zerotrust.testing import TokenIssuer
+
+HOST = "127.0.0.1"
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+STARTUP_TIMEOUT = 20.0
+DEFAULT_DURATION = 5.0
+DEFAULT_ROUNDS = 3
+DEFAULT_CONNECTIONS = 32
+DEFAULT_MAX_REQUESTS = 500_000
+_WRK_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
+_WRK_TOTAL = re.compile(r"(\d+) requests in")
+_WRK_NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_WRK_SOCKET_ERRORS = re.compile(r"Socket errors:.*")
+
+
+@dataclass
+class Server:
+    """One uvicorn process serving one variant."""
+
+    name: str
+    factory: str
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    rates: list[float] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}{PATH}"
+
+
+@dataclass
+class LoadResult:
+    """Counts and duration of one load run."""
+
+    requests: int
+    errors: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start(server: Server, env: dict[str, str]) -> None:
+    """Start uvicorn with one worker and wait until it accepts connections."""
+    server.port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", server.factory, "--factory",
+        "--app-dir", str(BENCHMARKS_DIR),
+        "--host", HOST, "--port", str(server.port),
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    server.process = subprocess.Popen(command, env=env)  # noqa: S603 -- our own interpreter and arguments
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            message = f"uvicorn for {server.name} exited with code {server.process.returncode}"
+            raise RuntimeError(message)
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((HOST, server.port), timeout=0.2),
+        ):
+            return
+        time.sleep(0.05)
+    message = f"uvicorn for {server.name} did not accept connections within {STARTUP_TIMEOUT:g} s"
+    raise RuntimeError(message)
+
+
+def stop(server: Server) -> None:
+    process = server.process
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running(servers: list[Server], env: dict[str, str]) -> Iterator[None]:
+    try:
+        for server in servers:
+            start(server, env)
+        yield
+    finally:
+        for server in servers:
+            stop(server)
+
+
+def request_bytes(token: str) -> bytes:
+    return (
+        f"GET {PATH} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: bench-served/1\r\n"
+        f"Accept: */*\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+
+
+async def _connection(
+    port: int, request: bytes, deadline: float, budget: list[int], counts: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        while budget[0] > 0 and time.monotonic() < deadline:
+            budget[0] -= 1
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length:
+                await reader.readexactly(length)
+            counts[0 if status == 200 else 1] += 1
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def python_load(
+    port: int, token: str, connections: int, duration: float, max_requests: int
+) -> LoadResult:
+    """Drive keep-alive connections over raw sockets until the duration or request budget ends."""
+    request = request_bytes(token)
+    budget = [max_requests]
+    counts = [0, 0]
+    started = time.monotonic()
+    deadline = started + duration
+    await asyncio.gather(
+        *(_connection(port, request, deadline, budget, counts) for _ in range(connections))
+    )
+
+    return LoadResult(counts[0], counts[1], time.monotonic() - started)
+
+
+def run_python_load(
+    server: Server, token: str, args: argparse.Namespace, duration: float
+) -> LoadResult:
+    """Run the Python load generator in its own process, so it does not share the server's GIL."""
+    command = [
+        sys.executable, str(Path(__file__).resolve()), "--load-worker",
+        "--port", str(server.port), "--connections", str(args.connections),
+        "--duration", str(duration), "--max-requests", str(args.max_requests),
+    ]  # fmt: skip
+    completed = subprocess.run(  # noqa: S603 -- our own interpreter and script
+        command,
+        input=token.encode(),
+        capture_output=True,
+        timeout=duration + 60,
+        check=True,
+    )
+    result = json.loads(completed.stdout)
+    return LoadResult(result["requests"], result["errors"], result["seconds"])
+
+
+def run_wrk(
+    wrk: str, server: Server, token: str, args: argparse.Namespace, duration: float
+) -> LoadResult:
+    # One wrk thread leaves the second core to the server, as the Python generator does.
+    command = [
+        wrk, "-t1", f"-c{args.connections}", f"-d{max(1, round(duration))}s",
+        "-H", f"Authorization: Bearer {token}", server.url,
+    ]  # fmt: skip
+    completed = subprocess.run(  # noqa: S603 -- wrk from PATH with our own arguments
+        command, capture_output=True, text=True, timeout=duration + 60, check=True
+    )
+    output = completed.stdout
+    rate = _WRK_RATE.search(output)
+    total = _WRK_TOTAL.search(output)
+    if rate is None or total is None:
+        message = f"cannot read requests/s from wrk output:\n{output}"
+        raise RuntimeError(message)
+    non_2xx = _WRK_NON_2XX.search(output)
+    errors = int(non_2xx[1]) if non_2xx else 0
+    if _WRK_SOCKET_ERRORS.search(output):
+        print(f"wrk reported socket errors for {server.name}:\n{output}", file=sys.stderr)
+    requests = int(total[1])
+
+    return LoadResult(requests - errors, errors, requests / float(rate[1]))
+
+
+def load(
+    generator: str, server: Server, token: str, args: argparse.Namespace, duration: float
+) -> LoadResult:
+    if generator == "python":
+        return run_python_load(server, token, args, duration)
+    return run_wrk(generator, server, token, args, duration)
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as file:
+        for line in file:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "uvloop": importlib.util.find_spec("uvloop") is not None,
+        "httptools": importlib.util.find_spec("httptools") is not None,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--duration", type=float, default=DEFAULT_DURATION, help="seconds of load per round"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=DEFAULT_ROUNDS,
+        help="load rounds per app; the median is reported",
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=DEFAULT_CONNECTIONS,
+        help="concurrent keep-alive connections",
+    )
+    parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=DEFAULT_MAX_REQUESTS,
+        help="max requests the Python generator sends per round (wrk is bounded by time only)",
+    )
+    parser.add_argument(
+        "--generator",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk if it is on PATH (auto), or the Python asyncio generator",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="one short round per app, for a smoke test"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--load-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration = min(args.duration, 2.0)
+        args.rounds = 1
+    if not 0 < args.duration <= 120 or not 1 <= args.rounds <= 20:
+        parser.error(
+            f"--duration must be in (0, 120] s and --rounds in [1, 20], "
+            f"not {args.duration} and {args.rounds}"
+        )
+    if args.connections < 1 or args.max_requests < 1:
+        parser.error("--connections and --max-requests must be at least 1")
+
+    return args
+
+
+def choose_generator(choice: str) -> tuple[str, str]:
+    """Return the generator to run (``python`` or the wrk path) and its label for the report."""
+    wrk = shutil.which("wrk")
+    if choice == "wrk" and wrk is None:
+        message = "--generator wrk: wrk is not on PATH; install it or use --generator python"
+        raise SystemExit(message)
+    if choice != "python" and wrk is not None:
+        version = subprocess.run(  # noqa: S603 -- wrk from PATH
+            [wrk, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.splitlines()
+        return wrk, version[0].strip() if version else "wrk"
+    return "python", "Python asyncio raw-socket generator (bench_served.py)"
+
+
+def print_table(servers: list[Server], label: str, args: argparse.Namespace) -> None:
+    table = Table(
+        title=(
+            f"Served throughput, uvicorn 1 worker, {args.connections} connections, "
+            f"median of {args.rounds} x {args.duration:g} s ({label})"
+        )
+    )
+    table.add_column("app")
+    table.add_column("requests/s", justify="right")
+    table.add_column("rounds", justify="right")
+    table.add_column("ratio to bare", justify="right")
+    bare = statistics.median(servers[0].rates)
+    for server in servers:
+        median = statistics.median(server.rates)
+        rounds = ", ".join(f"{rate:.0f}" for rate in server.rates)
+        table.add_row(server.name, f"{median:.0f}", rounds, f"{median / bare:.1%}")
+    Console(width=max(Console().width, 140)).print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.load_worker:
+        token = sys.stdin.read().strip()
+        result = asyncio.run(
+            python_load(args.port, token, args.connections, args.duration, args.max_requests)
+        )
+        print(json.dumps(asdict(result)))
+        return 0
+
+    generator, label = choose_generator(args.generator)
+    issuer = TokenIssuer(issuer="https://issuer.bench", algorithms=("RS256",))
+    token = issuer.token("alice", scopes=[SCOPE], alg="RS256", lifetime=3600)
+    servers = [
+        Server("bare Starlette", "bench_apps:served_bare"),
+        Server("zerotrust RS256 cached, events to file", "bench_apps:served_zerotrust"),
+        Server("zerotrust RS256 cached, events discarded", "bench_apps:served_zerotrust_discard"),
+    ]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="zerotrust-served-") as directory:
+        jwks_path = Path(directory) / "jwks.json"
+        jwks_path.write_text(json.dumps(issuer.jwks()), encoding="utf-8")
+        events_path = Path(directory) / "events.jsonl"
+        env = {**os.environ, JWKS_ENV: str(jwks_path), EVENTS_ENV: str(events_path)}
+
+        with running(servers, env):
+            for server in servers:
+                warmup = load(generator, server, token, args, 1.0)
+                if warmup.errors or not warmup.requests:
+                    message = (
+                        f"{server.name} responded to {warmup.errors} of "
+                        f"{warmup.requests + warmup.errors} warm-up requests with a status other "
+                        "than 200: check the benchmark setup"
+                    )
+                    raise RuntimeError(message)
+            # Rounds alternate between the apps, so a slow phase of the machine hits both.
+            for _ in range(args.rounds):
+                for server in servers:
+                    result = load(generator, server, token, args, args.duration)
+                    if result.errors:
+                        print(
+                            f"{server.name}: {result.errors} responses were not 200",
+                            file=sys.stderr,
+                        )
+                    server.rates.append(result.rate)
+        events = sum(1 for _ in events_path.open("rb")) if events_path.exists() else 0
+    elapsed = time.perf_counter() - started
+
+    print_table(servers, label, args)
+    print(f"{events} access events written to the file; {elapsed:.1f} s in total")
+    print(machine_info())
+    if args.json:
+        bare = statistics.median(servers[0].rates)
+        document = {
+            "benchmark": "served",
+            "generator": label,
+            "connections": args.connections,
+            "duration": args.duration,
+            "rounds": args.rounds,
+            "machine": machine_info(),
+            "events_written": events,
+            "results": [
+                {
+                    "name": server.name,
+                    "requests_per_second": round(statistics.median(server.rates), 1),
+                    "rounds": [round(rate, 1) for rate in server.rates],
+                    "ratio_to_bare": round(statistics.median(server.rates) / bare, 4),
+                }
+                for server in servers
+            ],
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
