@@ -289,6 +289,8 @@ class ZeroTrustMiddleware:
         peer = parse_peer(scope.get("client"))
         client_ip, forwarded_problem = self.trusted_proxies.resolve_client(peer, headers)
         is_websocket = scope["type"] == "websocket"
+        tls = (scope.get("extensions") or {}).get("tls") or {}
+        chain = tls.get("client_cert_chain") or ()
         request = AccessRequest(
             method="GET" if is_websocket else scope.get("method", "GET"),
             path=normalised,
@@ -303,6 +305,8 @@ class ZeroTrustMiddleware:
             protocol="websocket" if is_websocket else "http",
             root_path=root_path,
             problem=problem or host_problem or forwarded_problem,
+            tls_client_chain=tuple(chain),
+            from_trusted_proxy=peer in self.trusted_proxies,
         )
 
         return request, scope

@@ -7,7 +7,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from starlette.datastructures import Headers
@@ -77,6 +77,10 @@ class AccessRequest:
         root_path: The mount prefix of the app, if any.
         problem: Reason code when the request is malformed (ambiguous path, spoofed or
             malformed forwarding header); such a request is always denied.
+        tls_client_chain: The client certificate chain from the ASGI ``tls`` extension, as PEM
+            strings with the leaf first; empty without mutual TLS at this server.
+        from_trusted_proxy: Whether the socket peer is a configured trusted proxy, so headers it
+            sets (forwarding, client certificate) may be believed.
     """
 
     method: str
@@ -92,7 +96,8 @@ class AccessRequest:
     protocol: Literal["http", "websocket"] = "http"
     root_path: str = ""
     problem: str | None = None
-    extensions: dict[str, object] = field(default_factory=dict)
+    tls_client_chain: tuple[str, ...] = ()
+    from_trusted_proxy: bool = False
 
     @property
     def user_agent(self) -> str:
