@@ -267,8 +267,8 @@ def header_lists(issuer: TokenIssuer) -> st.SearchStrategy[list[tuple[str, str]]
 
     Half are well formed: one ``Authorization: Bearer`` header with a token the issuer signed,
     plus harmless extras. The rest repeat names freely, so they include duplicated ``Host``
-    and ``Authorization`` headers; ``X-Forwarded-For`` carries valid chains and garbage;
-    ``X-Request-ID`` may carry CR/LF or be overlong; some values are several kilobytes long.
+    and ``Authorization`` headers. ``X-Forwarded-For`` carries valid chains and garbage,
+    ``X-Request-ID`` may carry CR/LF or be overlong, and some values are several kilobytes long.
     """
     random_name = st.text(alphabet=_TOKEN_CHARACTERS, min_size=1, max_size=16).map(str.lower)
     request_id = st.tuples(

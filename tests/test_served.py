@@ -61,7 +61,8 @@ def build_app(recorder: Recorder) -> Starlette:
         recorder.paths.append(request.scope["path"])
         access = get_access(request)
         subject = access.subject if access is not None else None
-        return JSONResponse({"path": request.scope["path"], "subject": subject})
+        query = request.scope["query_string"].decode("latin-1")
+        return JSONResponse({"path": request.scope["path"], "query": query, "subject": subject})
 
     async def websocket_echo(websocket: WebSocket) -> None:
         recorder.websocket_paths.append(websocket.scope["path"])
@@ -227,13 +228,13 @@ def bearer(token: str) -> dict[str, str]:
 
 class TestHttp:
     def test_allow(self, user_agent: str, served: Served, read_token: str) -> None:
-        """A token with the required scope reaches the app, which sees the principal."""
+        """A token with the required scope reaches the app, which receives the principal."""
         with capture_events() as events, served.client(user_agent) as client:
             response = client.get("/api/items", headers=bearer(read_token))
             captured = wait_for_events(events, user_agent, 1)
 
         assert 200 == response.status_code
-        assert {"path": "/api/items", "subject": "alice"} == response.json()
+        assert {"path": "/api/items", "query": "", "subject": "alice"} == response.json()
         assert 1 == len(captured)
         assert "allow" == captured[0]["decision"]
         assert "api" == captured[0]["segment"]
@@ -333,7 +334,7 @@ class TestRequestId:
         assert request_id == response.headers["x-request-id"]
 
     def test_bare_carriage_return_rejected_by_server(self, user_agent: str, served: Served) -> None:
-        """uvicorn answers 400 to a CR inside a header value, before the middleware runs."""
+        """uvicorn responds with 400 to a CR inside a header value, before the middleware runs."""
         with capture_events() as events:
             response = raw_request(
                 served.port, b"/api/items", user_agent, {"x-request-id": "abc\rdef"}
@@ -414,7 +415,7 @@ class TestPathTricks:
     def test_non_ascii_target_rejected_by_server(
         self, user_agent: str, served: Served, all_scopes_token: str
     ) -> None:
-        """uvicorn answers 400 to raw non-ASCII bytes in the request target."""
+        """uvicorn responds with 400 to raw non-ASCII bytes in the request target."""
         seen_before = len(served.recorder.paths)
         response = raw_request(served.port, b"/api/\xff", user_agent, bearer(all_scopes_token))
 
@@ -536,7 +537,7 @@ class TestWebSocket:
         assert "deny" == captured[0]["decision"]
 
     def test_allowed_with_token(self, user_agent: str, served: Served, read_token: str) -> None:
-        """A handshake with a valid token reaches the app, which sees the principal."""
+        """A handshake with a valid token reaches the app, which receives the principal."""
         with capture_events() as events:
             with websockets.sync.client.connect(
                 self.websocket_url(served),
@@ -581,8 +582,12 @@ class TestLifespan:
 
 
 def test_query_string_kept(served: Served, user_agent: str, read_token: str) -> None:
-    """The query string does not take part in path checks and reaches the app unchanged."""
-    target = "/api/items?" + urllib.parse.urlencode({"next": "/admin/../x", "q": "a b"})
-    response = raw_request(served.port, target.encode(), user_agent, bearer(read_token))
+    """The query string takes no part in path checks and reaches the app unchanged."""
+    query = urllib.parse.urlencode({"next": "/admin/../x", "q": "a b"})
+    response = raw_request(
+        served.port, f"/api/items?{query}".encode(), user_agent, bearer(read_token)
+    )
 
     assert 200 == response.status
+    assert "/api/items" == json.loads(response.body)["path"]
+    assert query == json.loads(response.body)["query"]

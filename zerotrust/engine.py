@@ -137,9 +137,24 @@ class Engine:
             if verdict is None:
                 records.append(None)
                 pending.append(index)
-            else:
-                records.append(_record(verifier, verdict, perf_counter() - started))
+                continue
+            if type(verdict) is not Verdict and not isinstance(verdict, Verdict):
+                detail = f"verify_cached() returned {type(verdict).__name__}, not a Verdict"
+                verdict = Verdict.failed("verifier_error", detail)
+            records.append(
+                VerdictRecord(
+                    verifier.name,
+                    verifier.kind,
+                    verdict.outcome,
+                    verdict.reason,
+                    verdict.detail,
+                    perf_counter() - started,
+                    verdict,
+                )
+            )
 
+        if not pending:
+            return tuple(records)  # type: ignore[arg-type]
         if len(pending) == 1:
             index = pending[0]
             records[index] = await _run_one(verifiers[index], request, context)
@@ -232,7 +247,8 @@ def _evaluate(
                 identity_failed = identity_failed or verifier.kind == "identity"
             continue
 
-        facts.update(verdict.facts)
+        if verdict.facts:
+            facts.update(verdict.facts)
         if verdict.principal is None:
             continue
         if principal is None:

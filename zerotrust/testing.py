@@ -22,8 +22,10 @@ def capture_events() -> Iterator[list[dict[str, Any]]]:
     """
     Collect every event emitted inside the ``with`` block, already redacted.
 
-    Events are captured synchronously in the request path, so they are in the list as soon as
-    the response is sent, without waiting for the writer thread. Sinks still receive them too.
+    Events are captured synchronously when the middleware finishes a request, without waiting
+    for the writer thread, so in-process tests (``httpx.ASGITransport``) find them in the list
+    once the call returns. Over a real server the client may read the response a moment before
+    the middleware records the event. Sinks still receive every event too.
 
     Example::
 
@@ -243,6 +245,9 @@ def serve(
 
         raise MissingExtraError("zerotrust.testing.serve", "cli") from None
 
+    # uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 itself and rewrite the
+    # client address before the middleware sees it.
+    options.setdefault("proxy_headers", False)
     config = uvicorn.Config(
         app, host=host, port=0, log_level="warning", lifespan=lifespan, **options
     )

@@ -55,6 +55,8 @@ def serve_in_thread(app: Any, *, name: str, host: str, port: int = 0) -> Iterato
         log_level="error",
         access_log=False,
         timeout_graceful_shutdown=2,
+        # The middleware's trusted_proxies decides which forwarding headers count, not uvicorn.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"zerotrust-demo-{name}", daemon=True)

@@ -80,7 +80,7 @@ class EventEmitter:
         self._wakeup = threading.Event()
         self._done = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._running = False
         self._closed = False
         _emitters.add(self)
 
@@ -119,7 +119,7 @@ class EventEmitter:
         queue = self._queue
         queue.append(item)
         self._enqueued += 1
-        if self._pid != os.getpid():
+        if not self._running:
             self._start()
         elif len(queue) >= self.batch_size and not self._wakeup.is_set():
             # Below a full batch the writer wakes on its own timer: waking it for every event
@@ -127,8 +127,7 @@ class EventEmitter:
             self._wakeup.set()
 
     def _start(self) -> None:
-        # After a fork the child has the queue but not the thread; start a new one.
-        self._pid = os.getpid()
+        self._running = True
         self._thread = threading.Thread(target=self._run, name="zerotrust-events", daemon=True)
         self._thread.start()
 
@@ -175,7 +174,7 @@ class EventEmitter:
         target = self._enqueued
         with self._done:
             while self._processed < target:
-                if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                if not self._running or self._thread is None or not self._thread.is_alive():
                     self._process(len(self._queue))
                     return True
                 self._wakeup.set()
@@ -214,6 +213,17 @@ def _build(item: tuple[Any, ...]) -> dict[str, Any]:
         decision_time=decision_time,
         close_code=close_code,
     )
+
+
+def _forget_threads() -> None:
+    # A forked child has the parent's queues but none of its threads. os.getpid() in the request
+    # path would notice too, but it is a system call per event.
+    for emitter in list(_emitters):
+        emitter._running = False
+        emitter._thread = None
+
+
+os.register_at_fork(after_in_child=_forget_threads)
 
 
 @atexit.register
