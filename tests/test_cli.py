@@ -56,7 +56,8 @@ class TestUsageErrors:
             # Commands
             ([], "the following arguments are required: COMMAND"),
             (["dmeo"], "invalid choice: 'dmeo'"),
-            (["--bogus"], "the following arguments are required: COMMAND"),
+            (["--bogus"], "unrecognized option '--bogus'"),
+            (["demo", "--bogus"], "zerotrust demo: error: unrecognized arguments: --bogus"),
             # Options of demo
             (["demo", "--bogus"], "unrecognized arguments: --bogus"),
             (["demo", "--port", "99999"], "port must be a whole number from 0 to 65535"),

@@ -320,7 +320,7 @@ class TestVerdictBuilders:
         assert "pass" == verdict.outcome
         assert {"country": "DE"} == dict(verdict.facts)
 
-    @pytest.mark.parametrize("timeout", [0, -1, "1", True, float("nan")])
+    @pytest.mark.parametrize("timeout", [0, -1, "1", True, float("nan"), float("inf")])
     def test_timeout_validated(self, timeout: object) -> None:
         """A verifier timeout must be a positive number."""
         with pytest.raises(ValueError, match="timeout"):

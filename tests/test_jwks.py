@@ -484,6 +484,9 @@ class TestRemoteKeySetFailures:
         assert "jwks_unavailable" == verdict.reason
         assert token_fingerprint(token) == verdict.facts.get("credential_fingerprint")
         assert token not in repr(verdict)
+        # A key-server outage says nothing about the token, so the challenge has no error.
+        assert verdict.challenge is not None
+        assert {} == dict(verdict.challenge)
 
     async def test_stale_keys_until_max_stale(
         self, issuer: TokenIssuer, key_server: KeyServer

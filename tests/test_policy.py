@@ -209,3 +209,11 @@ class TestPolicy:
 
         assert 2 == len(policy)
         assert segments == list(policy)
+
+
+class TestPolicyShortcuts:
+    def test_single_segment(self) -> None:
+        """A single Segment is accepted where a list is expected."""
+        segment = Segment("health", paths=["/healthz"], public=True)
+
+        assert [segment] == list(Policy(segment))

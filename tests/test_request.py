@@ -6,7 +6,7 @@ import ipaddress
 import pytest
 from starlette.datastructures import Headers
 
-from zerotrust import ConfigurationError, TrustedProxies
+from zerotrust import ConfigurationError, InsecureConfigurationWarning, TrustedProxies
 from zerotrust.request import (
     PathProblem,
     accept_request_id,
@@ -240,7 +240,9 @@ class TestTrustedProxies:
     def test_empty_is_falsy(self) -> None:
         """No networks means no proxy is trusted."""
         assert not TrustedProxies()
-        assert None not in TrustedProxies(["0.0.0.0/0"])
+        with pytest.warns(InsecureConfigurationWarning):
+            everyone = TrustedProxies(["0.0.0.0/0"])
+        assert None not in everyone
 
 
 class TestParsePeer:
@@ -256,3 +258,24 @@ class TestParsePeer:
     def test_parse(self, client: object, expected: object) -> None:
         """The ASGI client pair becomes an address, or None when absent or not an IP."""
         assert expected == parse_peer(client)  # type: ignore[arg-type]
+
+
+class TestTrustedProxyConfiguration:
+    def test_host_bits_rejected(self) -> None:
+        """A network with host bits set is a likely typo, and the error offers both readings."""
+        with pytest.raises(ConfigurationError) as caught:
+            TrustedProxies(["10.0.0.1/8"])
+
+        assert "'10.0.0.1'" in str(caught.value)
+        assert "'10.0.0.0/8'" in str(caught.value)
+
+    @pytest.mark.parametrize("network", ["0.0.0.0/0", "::/0"])
+    def test_trust_everyone_warns(self, network: str) -> None:
+        """Trusting every address is legal but lets any client choose its address."""
+        with pytest.warns(InsecureConfigurationWarning, match="trusts every address"):
+            TrustedProxies([network])
+
+    def test_non_string_rejected(self) -> None:
+        """An entry that is not a string fails with the value in the message."""
+        with pytest.raises(ConfigurationError, match="42"):
+            TrustedProxies([42])  # type: ignore[list-item]

@@ -8,7 +8,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 from . import __version__
 from .exceptions import MissingExtraError
@@ -57,6 +57,10 @@ COMMANDS: tuple[Command, ...] = (Command("demo", "zerotrust.demo"),)
 class ArgumentParser(argparse.ArgumentParser):
     """An argument parser whose usage errors end with a hint to run ``--help``."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.subcommand_parsers: dict[str, ArgumentParser] = {}
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         hint = f"Run '{self.prog} --help' to see the valid arguments."
@@ -85,6 +89,7 @@ def build_parser() -> ArgumentParser:
         )
         module.add_arguments(subparser)
         subparser.set_defaults(run=module.run)
+        parser.subcommand_parsers[command.name] = subparser
 
     return parser
 
@@ -98,8 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         when an optional dependency is missing, `EXIT_INTERRUPTED` after Ctrl-C.
     """
     parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        _check_global_options(parser, arguments)
+        args, unknown = parser.parse_known_args(arguments)
+        if unknown:
+            # Report the error with the usage of the subcommand the options were given to.
+            subparser = parser.subcommand_parsers.get(args.command, parser)
+            subparser.error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exit_request:
         # --help and --version exit with 0, and ArgumentParser.error with EXIT_USAGE.
         code = exit_request.code
@@ -115,6 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
     return status
+
+
+def _check_global_options(parser: ArgumentParser, arguments: list[str]) -> None:
+    """Name an unknown option given before the command, rather than only the missing command."""
+    for argument in arguments:
+        if not argument.startswith("-"):
+            return
+        if argument not in ("-h", "--help", "--version"):
+            parser.error(f"unrecognized option {argument!r}")
 
 
 if __name__ == "__main__":

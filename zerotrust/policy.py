@@ -323,8 +323,8 @@ class Policy:
             segments have a path rule of equal specificity that can match the same request.
     """
 
-    def __init__(self, segments: Sequence[Segment]) -> None:
-        segments = list(segments)
+    def __init__(self, segments: Sequence[Segment] | Segment) -> None:
+        segments = [segments] if isinstance(segments, Segment) else list(segments)
         if not segments:
             message = "a policy needs at least one segment: every request would be denied"
             raise ConfigurationError(message, parameter="segments", value=[])

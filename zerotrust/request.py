@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -13,7 +14,7 @@ from typing import Literal
 from starlette.datastructures import Headers
 
 from ._ids import random_bits
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, InsecureConfigurationWarning
 
 __all__ = [
     "AccessRequest",
@@ -225,13 +226,7 @@ class TrustedProxies:
 
         parsed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for entry in networks:
-            try:
-                parsed.append(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError:
-                message = f"trusted proxy {entry!r} is not an IP address or CIDR network"
-                raise ConfigurationError(
-                    message, parameter="trusted_proxies", value=entry
-                ) from None
+            parsed.append(_parse_proxy_network(entry))
 
         self.networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(parsed)
         self.header: ForwardedHeader = header
@@ -275,6 +270,35 @@ class TrustedProxies:
                 return hop, None
 
         return hops[0], None
+
+
+def _parse_proxy_network(entry: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    text = entry.strip() if isinstance(entry, str) else ""
+    try:
+        network = ipaddress.ip_network(text)
+    except ValueError:
+        try:
+            # Host bits set, as in 10.0.0.1/8: probably a typo, and widening it silently could
+            # trust millions of addresses.
+            wide = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            message = f"trusted proxy {entry!r} is not an IP address or CIDR network"
+            raise ConfigurationError(message, parameter="trusted_proxies", value=entry) from None
+        host = text.partition("/")[0]
+        message = (
+            f"trusted proxy {entry!r} has host bits set: write {host!r} for one proxy "
+            f"or '{wide}' for the whole network"
+        )
+        raise ConfigurationError(message, parameter="trusted_proxies", value=entry) from None
+
+    if network.prefixlen == 0:
+        warnings.warn(
+            f"trusted proxy {entry!r} trusts every address: any client can then set its own "
+            "address with a forwarding header",
+            InsecureConfigurationWarning,
+            stacklevel=4,
+        )
+    return network
 
 
 def _parse_hops(values: Sequence[str], header: ForwardedHeader) -> list[IPAddress]:

@@ -184,8 +184,14 @@ class Verifier(abc.ABC):
                 message = f"verifier name {name!r} must be 1 to 64 letters, digits, '_', '.' or '-'"
                 raise ConfigurationError(message, parameter="name", value=name)
             self.name = name  # type: ignore[misc]
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-            message = f"verifier timeout must be a positive number of seconds, not {timeout!r}"
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout < float("inf")
+        ):
+            message = (
+                f"verifier timeout must be a positive, finite number of seconds, not {timeout!r}"
+            )
             raise ConfigurationError(message, parameter="timeout", value=timeout)
 
         self.timeout = float(timeout)

@@ -296,7 +296,13 @@ class JWTVerifier(Verifier):
         except UnknownKeyError:
             return _failed("unknown_kid", f"no key with kid {str(kid)[:64]!r}", digest)
         except KeySetUnavailableError as error:
-            return _failed("jwks_unavailable", error.reason, digest)
+            # The token may be fine: say nothing about it to the client (no invalid_token).
+            return Verdict.failed(
+                "jwks_unavailable",
+                error.reason,
+                challenge={},
+                credential_fingerprint=digest.hex()[:16],
+            )
 
         return self._decode(token, digest, key)
 
