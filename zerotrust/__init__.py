@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .asgi import STATE_KEY, AccessContext, DenialResponse, ZeroTrustMiddleware, get_access
+from .devices import DeviceRecord, DeviceRegistry, FileDeviceRegistry, MemoryDeviceRegistry
 from .engine import Decision, Engine, VerdictRecord
 from .events import EventEmitter, JsonLinesSink, MemorySink, Sink, StructlogSink
 from .exceptions import (
@@ -17,7 +18,20 @@ from .exceptions import (
 )
 from .policy import Policy, Segment
 from .request import AccessRequest, TrustedProxies
-from .verifiers import Deny, JWTVerifier, Principal, Verdict, VerificationContext, Verifier
+from .verifiers import (
+    Deny,
+    DeviceVerifier,
+    GeoVerifier,
+    JWTVerifier,
+    NetworkVerifier,
+    Principal,
+    TimeWindow,
+    TimeWindowVerifier,
+    Verdict,
+    VerificationContext,
+    Verifier,
+    WorkloadVerifier,
+)
 
 __version__ = "0.1.0"
 
@@ -29,25 +43,35 @@ __all__ = [
     "Decision",
     "DenialResponse",
     "Deny",
+    "DeviceRecord",
+    "DeviceRegistry",
+    "DeviceVerifier",
     "Engine",
     "EventEmitter",
+    "FileDeviceRegistry",
+    "GeoVerifier",
     "InfrastructureError",
     "InsecureConfigurationWarning",
     "JWTVerifier",
     "JsonLinesSink",
     "KeySetUnavailableError",
+    "MemoryDeviceRegistry",
     "MemorySink",
     "MissingExtraError",
+    "NetworkVerifier",
     "Policy",
     "Principal",
     "Segment",
     "Sink",
     "StructlogSink",
+    "TimeWindow",
+    "TimeWindowVerifier",
     "TrustedProxies",
     "Verdict",
     "VerdictRecord",
     "VerificationContext",
     "Verifier",
+    "WorkloadVerifier",
     "ZeroTrustError",
     "ZeroTrustMiddleware",
     "ZeroTrustWarning",

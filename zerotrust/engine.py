@@ -230,10 +230,17 @@ def _evaluate(
     principal: Principal | None = None
     facts: dict[str, Any] = {}
 
+    authenticated = False
     for record, verifier in zip(records, segment.verifiers, strict=True):
         verdict = record.verdict
         if record.outcome == "fail":
             reasons.append(record.reason or "verifier_failed")
+            if verdict.forbidden:
+                # Authenticated but not allowed: keep who it was for the event, answer 403.
+                authenticated = True
+                if principal is None:
+                    principal = verdict.principal
+                continue
             if verifier.kind == "identity":
                 identity_failed = True
                 if challenge is None:
@@ -261,7 +268,7 @@ def _evaluate(
             bound = record.verdict.bound_subject
             if record.outcome == "pass" and bound is not None and bound != principal.subject:
                 reasons.append("subject_binding_mismatch")
-    if not segment.public and principal is None and not identity_failed:
+    if not segment.public and principal is None and not identity_failed and not authenticated:
         reasons.append("identity_missing")
         identity_failed = True
 

@@ -143,12 +143,15 @@ def build_access_event(
     }
     if decision.missing_scopes:
         event["missing_scopes"] = list(decision.missing_scopes)
-    if decision.facts:
-        event["facts"] = {
-            str(key)[:64]: _fact_value(value)
-            for key, value in decision.facts.items()
-            if key != "credential_fingerprint"
-        }
+    facts = dict(decision.facts)
+    for record in decision.verdicts:
+        # A denial is explained by what the failing verifier saw too, such as the country.
+        if record.outcome != "pass" and record.verdict.facts:
+            for key, value in record.verdict.facts.items():
+                facts.setdefault(key, value)
+    facts.pop("credential_fingerprint", None)
+    if facts:
+        event["facts"] = {str(key)[:64]: _fact_value(value) for key, value in facts.items()}
     if close_code is not None:
         event["close_code"] = close_code
     if request.problem is not None and request.raw_path != request.path:

@@ -4,21 +4,36 @@
 from __future__ import annotations
 
 from .base import Deny, Outcome, Principal, Verdict, VerificationContext, Verifier
+from .certificates import ClientCertificate, read_client_certificate
+from .device import DeviceVerifier
+from .geo import GeoVerifier
 from .identity import JWTVerifier, TokenCache, token_fingerprint
 from .jwks import KeySet, RemoteKeySet, StaticKeySet, UnknownKeyError
+from .network import NetworkVerifier
+from .schedule import TimeWindow, TimeWindowVerifier
+from .workload import WorkloadVerifier, check_spiffe_id
 
 __all__ = [
+    "ClientCertificate",
     "Deny",
+    "DeviceVerifier",
+    "GeoVerifier",
     "JWTVerifier",
     "KeySet",
+    "NetworkVerifier",
     "Outcome",
     "Principal",
     "RemoteKeySet",
     "StaticKeySet",
+    "TimeWindow",
+    "TimeWindowVerifier",
     "TokenCache",
     "UnknownKeyError",
     "Verdict",
     "VerificationContext",
     "Verifier",
+    "WorkloadVerifier",
+    "check_spiffe_id",
+    "read_client_certificate",
     "token_fingerprint",
 ]

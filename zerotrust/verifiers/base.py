@@ -68,6 +68,9 @@ class Verdict:
         bound_subject: The subject a credential is bound to, such as the owner of a device; the
             engine denies the request if it differs from the principal's subject.
         challenge: Extra ``WWW-Authenticate`` parameters for a 401, such as ``error``.
+        forbidden: For a failure of an identity verifier: the caller was authenticated but is
+            not allowed, so the answer is 403 rather than 401. Pass the ``principal`` too, so
+            the event records who was refused.
     """
 
     outcome: Outcome
@@ -77,6 +80,7 @@ class Verdict:
     facts: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     bound_subject: str | None = None
     challenge: Mapping[str, str] | None = None
+    forbidden: bool = False
 
     @classmethod
     def passed(
@@ -95,10 +99,20 @@ class Verdict:
         detail: str | None = None,
         *,
         challenge: Mapping[str, str] | None = None,
+        forbidden: bool = False,
+        principal: Principal | None = None,
         **facts: Any,
     ) -> Verdict:
         _check_reason(reason)
-        return cls("fail", reason, detail, facts=facts or _EMPTY, challenge=challenge)
+        return cls(
+            "fail",
+            reason,
+            detail,
+            principal=principal,
+            facts=facts or _EMPTY,
+            challenge=challenge,
+            forbidden=forbidden,
+        )
 
     @classmethod
     def not_applicable(cls, reason: str | None = None, **facts: Any) -> Verdict:
