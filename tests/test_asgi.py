@@ -385,3 +385,30 @@ class TestMalformedScope:
 
         assert 403 == status_of(sent)
         assert ["malformed_request"] == events[0]["reasons"]
+
+
+class TestMountedApp:
+    async def test_decides_on_mounted_route(self) -> None:
+        """Inside a Starlette Mount, segments match the path the mounted router sees."""
+        import httpx
+        from starlette.applications import Starlette
+        from starlette.responses import PlainTextResponse
+        from starlette.routing import Mount, Route
+
+        async def handler(request: Any) -> PlainTextResponse:
+            return PlainTextResponse(request.url.path)
+
+        inner = Starlette(routes=[Route("/api/items", handler), Route("/admin/users", handler)])
+        protected = protect(inner)
+        outer = Starlette(routes=[Mount("/v1", app=protected)])
+        transport = httpx.ASGITransport(app=outer)
+
+        with capture_events() as events:
+            async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as client:
+                allowed = await client.get("/v1/api/items")
+                denied = await client.get("/v1/admin/users")
+
+        assert 200 == allowed.status_code
+        assert 403 == denied.status_code
+        assert ["api", "admin"] == [event["segment"] for event in events]
+        assert ["/api/items", "/admin/users"] == [event["path"] for event in events]
