@@ -9,7 +9,7 @@ from .device import DeviceVerifier
 from .geo import GeoVerifier
 from .identity import JWTVerifier, TokenCache, token_fingerprint
 from .jwks import KeySet, RemoteKeySet, StaticKeySet, UnknownKeyError
-from .network import NetworkVerifier
+from .network import NetworkSet, NetworkVerifier
 from .schedule import TimeWindow, TimeWindowVerifier
 from .workload import WorkloadVerifier, check_spiffe_id
 
@@ -20,6 +20,7 @@ __all__ = [
     "GeoVerifier",
     "JWTVerifier",
     "KeySet",
+    "NetworkSet",
     "NetworkVerifier",
     "Outcome",
     "Principal",
