@@ -57,7 +57,7 @@ _ERROR_NAMES = {401: "unauthorized", 403: "forbidden"}
 @dataclass(frozen=True, slots=True)
 class AccessContext:
     """
-    What the application learns about an allowed request.
+    The access details of an allowed request, for the application.
 
     Attributes:
         principal: The authenticated principal, or ``None`` in a public segment.
@@ -120,7 +120,7 @@ def _quote(value: str) -> str:
 
 class ZeroTrustMiddleware:
     """
-    Verify every HTTP and websocket request against a policy before the app sees it.
+    Verify every HTTP and websocket request against a policy before it reaches the app.
 
     Lifespan messages pass through unchanged; the middleware only watches them to fetch JWKS
     keys when the app has started and to flush events when it stops.

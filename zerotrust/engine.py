@@ -47,7 +47,7 @@ class VerdictRecord(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class Decision:
     """
-    The engine's answer for one request.
+    The engine's decision on one request.
 
     Attributes:
         allowed: Whether the policy allows the request. In monitor mode a request that is not
@@ -95,8 +95,8 @@ class Engine:
     """
     Decide requests against a `Policy`.
 
-    The engine knows nothing of ASGI or WSGI: both enforcement points build an `AccessRequest`
-    and call `decide`.
+    The engine does not depend on ASGI or WSGI: both enforcement points build an
+    `AccessRequest` and call `decide`.
     """
 
     def __init__(self, policy: Policy) -> None:
@@ -104,7 +104,7 @@ class Engine:
         self._contexts = {segment: VerificationContext(segment) for segment in policy.segments}
 
     async def decide(self, request: AccessRequest) -> Decision:
-        """Decide one request. Never raises for a problem with the request or a verifier."""
+        """Decide one request; verifier exceptions and timeouts become failed verdicts."""
         if request.problem is not None:
             return deny(request.problem)
 
@@ -236,7 +236,7 @@ def _evaluate(
         if record.outcome == "fail":
             reasons.append(record.reason or "verifier_failed")
             if verdict.forbidden:
-                # Authenticated but not allowed: keep who it was for the event, answer 403.
+                # Authenticated but not allowed: keep the principal for the event and return 403.
                 authenticated = True
                 if principal is None:
                     principal = verdict.principal

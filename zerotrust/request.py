@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The access request: what the enforcement point tells the engine about one HTTP request."""
+"""The access request: the facts about one HTTP request that the engine decides on."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class PathProblem(ValueError):
 @dataclass(frozen=True, slots=True)
 class AccessRequest:
     """
-    One request as the policy decision point sees it.
+    One request, as the input of the policy decision point.
 
     The enforcement point builds it once per request. Verifiers read it and never change it.
 

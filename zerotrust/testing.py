@@ -52,7 +52,7 @@ class StaticVerifier(Verifier):
             verifier); ``None`` establishes no principal.
         scopes: Scopes of that principal.
         roles: Roles of that principal.
-        identity: Whether the verifier counts as an identity verifier (failures answer 401).
+        identity: Whether the verifier counts as an identity verifier (failures return 401).
     """
 
     name = "static"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import ipaddress
 import os
@@ -22,8 +23,11 @@ DESCRIPTION = """\
 Start a local token issuer with a JWKS endpoint and a sample Starlette app protected by
 ZeroTrustMiddleware, both on a loopback address. Then send a scripted set of HTTP requests
 (valid, expired, forged and unsigned tokens, missing scopes and roles, path tricks) and
-compare each decision with the expected one. The access events are appended to a JSON lines
-file, checked against the access event JSON Schema, and searched for leaked tokens.
+compare each decision with the expected one. A workspace segment also checks a signed device
+posture assertion, the client's country (from X-Forwarded-For, which the app trusts from
+loopback) and office hours, judged on a clock the demo sets for each request. The access
+events are appended to a JSON lines file, checked against the access event JSON Schema, and
+searched for leaked tokens and device assertions.
 
 Exit status: 0 when every request got the expected status and reason and the events file
 passed every check, 1 otherwise, 2 on a usage error."""
@@ -69,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: F401
     except ImportError:
         raise MissingExtraError("zerotrust demo", "cli") from None
+    # Only looked up: importing geoip2fast changes os.environ, which the geo backend undoes.
+    if importlib.util.find_spec("geoip2fast") is None:
+        raise MissingExtraError("zerotrust demo", "geo")
 
     from rich.console import Console
 

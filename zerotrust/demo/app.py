@@ -1,9 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The demo's sample application: three segments behind `ZeroTrustMiddleware`."""
+"""The demo's sample application: four segments behind `ZeroTrustMiddleware`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -13,58 +20,173 @@ from starlette.routing import Route
 from ..asgi import ZeroTrustMiddleware, get_access
 from ..events import EventEmitter, Sink
 from ..policy import Segment
-from ..verifiers import JWTVerifier
+from ..verifiers import (
+    DeviceVerifier,
+    GeoVerifier,
+    JWTVerifier,
+    NetworkVerifier,
+    TimeWindowVerifier,
+)
 
-__all__ = ["AUDIENCE", "build_demo_app", "build_segments"]
+__all__ = [
+    "AUDIENCE",
+    "DEVICE_AUDIENCE",
+    "OFFICE_HOURS",
+    "OFFICE_TIME_ZONE",
+    "TRUSTED_PROXIES",
+    "WORKSPACE_COUNTRIES",
+    "DemoApp",
+    "DemoClock",
+    "build_demo_app",
+    "build_segments",
+]
 
 AUDIENCE = "api"
+DEVICE_AUDIENCE = "workspace"
+WORKSPACE_COUNTRIES = ("DE", "AT", "CH")
+OFFICE_HOURS = "mon-fri 08:00-18:00"
+OFFICE_TIME_ZONE = ZoneInfo("Europe/Berlin")
+# Both servers listen on loopback, so the scripted client is the only proxy hop there is.
+TRUSTED_PROXIES = ("127.0.0.1", "::1")
+MAX_POSTURE_AGE = 3600.0
 
 
-def build_segments(*, issuer: str, jwks_url: str) -> list[Segment]:
+class DemoClock:
     """
-    Build the demo policy: a public health check, a scoped API and an admin area.
+    The instant the office-hours check judges, set by the demo runner before each request.
 
-    One `JWTVerifier` serves both protected segments, so the JWKS is fetched once.
+    A real deployment judges the request's arrival time. The demo fixes the instant instead, so
+    that its requests fall inside or outside office hours whenever it runs. Only the runner
+    sets it, and nothing in a request can change it.
     """
-    verifier = JWTVerifier(
+
+    def __init__(self, now: dt.datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+@dataclass(slots=True)
+class DemoApp:
+    """
+    The protected app and the parts of it that the runner drives or reports on.
+
+    Attributes:
+        middleware: The ASGI app to serve.
+        events: The emitter; closing it flushes every event to the sinks.
+        clock: The clock of the office-hours check.
+        geo: The country check, whose data the app loads at start-up.
+        geo_load_seconds: How long loading the geo data took at start-up, once it has run.
+    """
+
+    middleware: ZeroTrustMiddleware
+    events: EventEmitter
+    clock: DemoClock
+    geo: GeoVerifier
+    geo_load_seconds: float | None = None
+
+
+def build_segments(
+    *,
+    issuer: str,
+    jwks_url: str,
+    device_issuer: str,
+    device_keys: Mapping[str, Any],
+    clock: DemoClock,
+    geo: GeoVerifier,
+) -> list[Segment]:
+    """
+    Build the demo policy: a public health check, a scoped API, an admin area and a workspace.
+
+    One `JWTVerifier` serves every protected segment, so the JWKS is fetched once. The admin
+    area also requires a loopback client. The workspace requires a managed device with fresh
+    posture bound to the user, a client in one of `WORKSPACE_COUNTRIES`, and office hours.
+    """
+    identity = JWTVerifier(
         issuer=issuer,
         audience=AUDIENCE,
         algorithms=["RS256", "ES256"],
         jwks_url=jwks_url,
     )
+    local_network = NetworkVerifier(allow={"loopback": ["127.0.0.0/8", "::1/128"]})
+    device = DeviceVerifier(
+        issuer=device_issuer,
+        audience=DEVICE_AUDIENCE,
+        algorithms=["ES256"],
+        keys=device_keys,
+        require_managed=True,
+        max_posture_age=MAX_POSTURE_AGE,
+    )
+    office_hours = TimeWindowVerifier(windows=OFFICE_HOURS, timezone=OFFICE_TIME_ZONE, clock=clock)
 
     return [
         Segment("public", paths=["/healthz"], public=True),
         Segment(
             "api",
             paths=["/api/"],
-            verifiers=[verifier],
+            verifiers=[identity],
             scopes={"GET": ["api:read"], "POST": ["api:write"]},
         ),
-        Segment("admin", paths=["/admin/"], verifiers=[verifier], roles=["admin"]),
+        Segment("admin", paths=["/admin/"], verifiers=[identity, local_network], roles=["admin"]),
+        Segment(
+            "workspace",
+            paths=["/workspace/"],
+            verifiers=[identity, device, geo, office_hours],
+            scopes={"GET": ["workspace:read"]},
+        ),
     ]
 
 
 def build_demo_app(
-    *, issuer: str, jwks_url: str, sinks: Sequence[Sink]
-) -> tuple[ZeroTrustMiddleware, EventEmitter]:
-    """Build the protected app; return the middleware to serve and its event emitter."""
+    *,
+    issuer: str,
+    jwks_url: str,
+    device_issuer: str,
+    device_keys: Mapping[str, Any],
+    clock: DemoClock,
+    sinks: Sequence[Sink],
+) -> DemoApp:
+    """Build the protected app, trusting `TRUSTED_PROXIES` to name the client."""
+    geo = GeoVerifier(allow_countries=WORKSPACE_COUNTRIES)
+    segments = build_segments(
+        issuer=issuer,
+        jwks_url=jwks_url,
+        device_issuer=device_issuer,
+        device_keys=device_keys,
+        clock=clock,
+        geo=geo,
+    )
+    emitter = EventEmitter(list(sinks), flush_interval=0.05)
+    demo: DemoApp
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # Loading the geo data takes a few tenths of a second. uvicorn accepts connections only
+        # after start-up, so loading here keeps that time off the first request.
+        started = perf_counter()
+        await asyncio.to_thread(geo.preload)
+        demo.geo_load_seconds = perf_counter() - started
+        yield
+
     app = Starlette(
         routes=[
             Route("/healthz", _health),
             Route("/api/items", _list_items, methods=["GET"]),
             Route("/api/items", _create_item, methods=["POST"]),
             Route("/admin/users", _list_users),
+            Route("/workspace/documents", _list_documents),
             # No segment covers /secret, so the middleware denies it although the route exists.
             Route("/secret", _secret),
-        ]
+        ],
+        lifespan=lifespan,
     )
-    emitter = EventEmitter(list(sinks), flush_interval=0.05)
     middleware = ZeroTrustMiddleware(
-        app, policy=build_segments(issuer=issuer, jwks_url=jwks_url), events=emitter
+        app, policy=segments, trusted_proxies=TRUSTED_PROXIES, events=emitter
     )
+    demo = DemoApp(middleware, emitter, clock, geo)
 
-    return middleware, emitter
+    return demo
 
 
 async def _health(_request: Request) -> JSONResponse:
@@ -83,6 +205,10 @@ async def _create_item(_request: Request) -> JSONResponse:
 
 async def _list_users(_request: Request) -> JSONResponse:
     return JSONResponse({"users": ["alice", "bob", "root"]})
+
+
+async def _list_documents(_request: Request) -> JSONResponse:
+    return JSONResponse({"documents": ["roadmap.md", "budget.xlsx"]})
 
 
 async def _secret(_request: Request) -> JSONResponse:

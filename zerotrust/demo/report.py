@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .runner import DemoResult, Outcome
+from .script import Probe
 
 __all__ = ["print_outcomes", "print_summary", "summary_line"]
 
@@ -33,6 +34,13 @@ def print_outcomes(console: Console, result: DemoResult) -> None:
         probe = outcome.probe
         request = f"[bold]{probe.method}[/] {escape(probe.target)}"
         request += f"\n[dim]{escape(probe.description)}[/]"
+        context = _context(probe)
+        if context:
+            request += f"\n[dim]{escape(context)}[/]"
+        reason = escape(outcome.reason or "-")
+        facts = _shown_facts(outcome)
+        if facts:
+            reason += f"\n[dim]{escape(facts)}[/]"
         expected = f"{probe.expected_status} {probe.expected_reason or 'allow'}"
         table.add_row(
             str(number),
@@ -40,7 +48,7 @@ def print_outcomes(console: Console, result: DemoResult) -> None:
             expected,
             _status_cell(outcome),
             _decision_cell(outcome.decision),
-            escape(outcome.reason or "-"),
+            reason,
             "[green]✓[/]" if outcome.matched else "[red]✗[/]",
         )
 
@@ -70,6 +78,10 @@ def print_summary(console: Console, result: DemoResult) -> None:
         for reason, count in reasons.most_common():
             chart.add_row(reason, str(count), Bar(largest, 0, count, width=_BAR_WIDTH, color="red"))
         console.print(chart)
+
+    load = result.geo_load_seconds
+    loading = f", including {load:.2f} s to load the geo data" if load is not None else ""
+    console.print(f"\n[bold]Wall time:[/] {result.wall_seconds:.2f} s{loading}")
 
     expected_events = len(result.outcomes)
     count_style = "green" if len(result.events) == expected_events else "red"
@@ -108,6 +120,25 @@ def summary_line(result: DemoResult, leaked_into_output: int) -> str:
     verdict = "PASS" if result.passed and leaked_into_output == 0 else "FAIL"
 
     return f"{verdict}: " + "; ".join(parts)
+
+
+def _context(probe: Probe) -> str:
+    """Describe the context the request sets: device assertion, forwarded address, clock."""
+    parts = []
+    if probe.device_assertion is not None:
+        parts.append("device assertion")
+    if probe.forwarded_for is not None:
+        parts.append(f"X-Forwarded-For {probe.forwarded_for}")
+    if probe.clock is not None:
+        parts.append(f"clock {probe.clock:%a %H:%M %Z}")
+
+    return ", ".join(parts)
+
+
+def _shown_facts(outcome: Outcome) -> str:
+    """Format the event facts the probe expects, with the values the event recorded."""
+    facts = outcome.facts
+    return ", ".join(f"{key}={facts.get(key, '(missing)')}" for key in outcome.probe.expected_facts)
 
 
 def _status_cell(outcome: Outcome) -> str:

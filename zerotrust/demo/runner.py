@@ -9,13 +9,14 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 from typing import Any, Literal
 
 from ..events import JsonLinesSink, MemorySink
 from ..testing import TokenIssuer
-from .app import build_demo_app
+from .app import DemoClock, build_demo_app
 from .client import send_raw_request
-from .script import Probe, build_script
+from .script import IN_OFFICE_HOURS, Probe, build_script
 from .servers import serve_in_thread
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
 
 _REQUEST_TIMEOUT = 5.0
 _USER_AGENT = "zerotrust-demo"
+_DEVICE_AGENT_ISSUER = "https://device-agent.test"
 # The shortest signature worth searching for; shorter strings could match by chance.
 _MIN_SECRET_LENGTH = 16
 
@@ -71,6 +73,12 @@ class Outcome:
         return self.event.get("decision") if self.event is not None else None
 
     @property
+    def facts(self) -> dict[str, Any]:
+        """The ``facts`` of the access event; empty when it has none."""
+        facts = self.event.get("facts") if self.event is not None else None
+        return facts if isinstance(facts, dict) else {}
+
+    @property
     def reason(self) -> str | None:
         """The first reason code of the access event, or ``None``."""
         reasons = self.event.get("reasons") if self.event is not None else None
@@ -83,6 +91,7 @@ class Outcome:
             self.status == probe.expected_status
             and self.decision == probe.expected_decision
             and self.reason == probe.expected_reason
+            and all(self.facts.get(key) == value for key, value in probe.expected_facts.items())
         )
 
 
@@ -101,13 +110,15 @@ class DemoResult:
 
     Attributes:
         outcomes: One entry per scripted request, in order.
-        secrets: Every token minted for the run, and each token's signature.
+        secrets: Every token and device assertion minted for the run, and each one's signature.
         events_path: The events file.
         events: The events this run appended to the file, parsed; invalid lines are skipped.
         invalid_lines: Appended lines that are not JSON objects with a ``decision``.
         schema_check: The JSON Schema validation of the appended events.
         leaked_into_events: Secrets found in the appended part of the events file.
         app_url: Where the sample app was served.
+        wall_seconds: How long the run took, from generating keys to checking the events file.
+        geo_load_seconds: How long the app took to load the geo data at start-up.
     """
 
     outcomes: list[Outcome]
@@ -118,6 +129,8 @@ class DemoResult:
     schema_check: SchemaCheck = SchemaCheck("skipped", "not run")
     leaked_into_events: list[str] = field(default_factory=list)
     app_url: str = ""
+    wall_seconds: float = 0.0
+    geo_load_seconds: float | None = None
 
     @property
     def all_matched(self) -> bool:
@@ -150,41 +163,51 @@ def run_demo(
     Raises:
         ServerStartError: if a server does not start.
     """
+    started = perf_counter()
     start_offset = _file_size(options.events_path)
     run_id = os.urandom(3).hex()
 
-    progress("Generating RS256 and ES256 signing keys")
+    progress("Generating signing keys for the token issuer and the device agent")
     issuer = TokenIssuer(algorithms=("RS256", "ES256"))
-    probes = build_script(issuer)
+    device_agent = TokenIssuer(issuer=_DEVICE_AGENT_ISSUER, algorithms=("ES256",))
+    probes = build_script(issuer, device_agent)
     memory = MemorySink()
+    clock = DemoClock(IN_OFFICE_HOURS)
 
     progress("Starting the token issuer and its JWKS endpoint")
     with serve_in_thread(issuer.jwks_app(), name="issuer", host=options.host) as issuer_app:
-        jwks_url = f"{issuer_app.url}/.well-known/jwks.json"
-        middleware, emitter = build_demo_app(
-            issuer=issuer.issuer, jwks_url=jwks_url, sinks=[events_sink, memory]
+        demo = build_demo_app(
+            issuer=issuer.issuer,
+            jwks_url=f"{issuer_app.url}/.well-known/jwks.json",
+            device_issuer=device_agent.issuer,
+            device_keys=device_agent.jwks(),
+            clock=clock,
+            sinks=[events_sink, memory],
         )
         try:
-            progress("Starting the sample app behind ZeroTrustMiddleware")
+            progress("Loading the geo data and starting the sample app behind ZeroTrustMiddleware")
             with serve_in_thread(
-                middleware, name="app", host=options.host, port=options.port
+                demo.middleware, name="app", host=options.host, port=options.port
             ) as served:
                 progress(f"Sending {len(probes)} requests to {served.url}")
-                responses = asyncio.run(_send_all(served.host, served.port, probes, run_id))
+                responses = asyncio.run(_send_all(served.host, served.port, probes, run_id, clock))
         finally:
             # Closing flushes the queue, so both sinks contain every event before they are read.
-            emitter.close()
+            demo.events.close()
 
     events_by_id = {event.get("request_id"): event for event in memory.events}
     outcomes = [
         Outcome(probe, status, events_by_id.get(_request_id(run_id, index)), error)
         for index, (probe, (status, error)) in enumerate(zip(probes, responses, strict=True))
     ]
-    result = DemoResult(outcomes, _secrets(probe.token for probe in probes), options.events_path)
+    credentials = [credential for probe in probes for credential in _credentials(probe)]
+    result = DemoResult(outcomes, _secrets(credentials), options.events_path)
     result.app_url = served.url
+    result.geo_load_seconds = demo.geo_load_seconds
 
     progress("Checking the events file")
     _check_events_file(result, start_offset)
+    result.wall_seconds = perf_counter() - started
 
     return result
 
@@ -195,17 +218,27 @@ def find_secrets(text: str, secrets: Iterable[str]) -> list[str]:
 
 
 async def _send_all(
-    host: str, port: int, probes: Sequence[Probe], run_id: str
+    host: str, port: int, probes: Sequence[Probe], run_id: str, clock: DemoClock
 ) -> list[tuple[int | None, str | None]]:
-    """Send the probes one after another; return each status or the error that stopped it."""
+    """
+    Send the probes one after another; return each status or the error that stopped it.
+
+    Before each request, ``clock`` is set to the probe's instant. Each request waits for its
+    response or its timeout before the next one sets the clock again.
+    """
     responses: list[tuple[int | None, str | None]] = []
     for index, probe in enumerate(probes):
         headers = {"User-Agent": _USER_AGENT, "X-Request-ID": _request_id(run_id, index)}
         if probe.token is not None:
             headers["Authorization"] = f"Bearer {probe.token}"
+        if probe.device_assertion is not None:
+            headers["X-Device-Assertion"] = probe.device_assertion
+        if probe.forwarded_for is not None:
+            headers["X-Forwarded-For"] = probe.forwarded_for
         body = b'{"name": "gamma"}' if probe.method == "POST" else b""
         if body:
             headers["Content-Type"] = "application/json"
+        clock.now = probe.clock or IN_OFFICE_HOURS
         try:
             async with asyncio.timeout(_REQUEST_TIMEOUT):
                 response = await send_raw_request(
@@ -223,6 +256,11 @@ async def _send_all(
 
 def _request_id(run_id: str, index: int) -> str:
     return f"demo-{run_id}-{index + 1:02d}"
+
+
+def _credentials(probe: Probe) -> list[str]:
+    """Return the bearer token and the device assertion that the probe sends, if any."""
+    return [value for value in (probe.token, probe.device_assertion) if value]
 
 
 def _secrets(tokens: Iterable[str | None]) -> tuple[str, ...]:

@@ -4,13 +4,31 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..testing import TokenIssuer
+from .app import DEVICE_AUDIENCE, OFFICE_TIME_ZONE
 
-__all__ = ["Probe", "build_script"]
+__all__ = [
+    "AFTER_HOURS",
+    "ALLOWED_ADDRESS",
+    "FOREIGN_ADDRESS",
+    "IN_OFFICE_HOURS",
+    "Probe",
+    "build_script",
+]
+
+# A Wednesday in June: 10:30 is inside the workspace's office hours, 19:30 is after them.
+IN_OFFICE_HOURS = dt.datetime(2024, 6, 12, 10, 30, tzinfo=OFFICE_TIME_ZONE)
+AFTER_HOURS = dt.datetime(2024, 6, 12, 19, 30, tzinfo=OFFICE_TIME_ZONE)
+# Public DNS resolvers. The geoip2fast 1.2.2 data places the first in DE and the second in US.
+ALLOWED_ADDRESS = "194.25.0.60"
+FOREIGN_ADDRESS = "8.8.8.8"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +43,11 @@ class Probe:
         token: The bearer token to send, or ``None`` for no ``Authorization`` header.
         expected_status: The HTTP status the middleware or the app must return.
         expected_reason: The first reason code of the access event; ``None`` for an allow.
+        device_assertion: The device posture assertion to send in ``X-Device-Assertion``.
+        forwarded_for: The client address to send in ``X-Forwarded-For``; without it, the
+            client is the loopback address the request comes from.
+        clock: The instant the office-hours check judges; ``None`` for `IN_OFFICE_HOURS`.
+        expected_facts: Facts the access event must record with these values.
     """
 
     method: str
@@ -33,14 +56,22 @@ class Probe:
     token: str | None
     expected_status: int
     expected_reason: str | None = None
+    device_assertion: str | None = None
+    forwarded_for: str | None = None
+    clock: dt.datetime | None = None
+    expected_facts: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def expected_decision(self) -> str:
         return "allow" if self.expected_reason is None else "deny"
 
 
-def build_script(issuer: TokenIssuer) -> list[Probe]:
-    """Mint the demo's tokens with ``issuer`` and pair each request with its expected outcome."""
+def build_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Probe]:
+    """
+    Pair each scripted request with its expected outcome.
+
+    ``issuer`` mints the user tokens and ``device_agent`` the device posture assertions.
+    """
     reader = issuer.token("reader", scopes=["api:read"], alg="RS256")
     reader_ec = issuer.token("reader-ec", scopes=["api:read"], alg="ES256")
     writer = issuer.token("writer", scopes=["api:read", "api:write"], alg="ES256")
@@ -80,7 +111,118 @@ def build_script(issuer: TokenIssuer) -> list[Probe]:
         Probe("GET", "//admin/users", "doubled slash", reader, 403, "path_not_normalized"),
         Probe("GET", "/api/%2e%2e/admin/users", "encoded dots", reader, 403, "path_not_normalized"),
         Probe("GET", "/api%2Fitems", "encoded slash", reader, 403, "encoded_slash"),
+        # Denied with 403: the admin area accepts loopback clients only.
+        Probe(
+            "GET",
+            "/admin/users",
+            "admin from outside loopback",
+            admin,
+            403,
+            "network_not_allowed",
+            forwarded_for=FOREIGN_ADDRESS,
+        ),
+        *_workspace_probes(issuer, device_agent),
     ]
+
+
+def _workspace_probes(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Probe]:
+    """
+    Script the workspace: every check passing, then each context check failing on its own.
+
+    Each request changes one thing from the first: the device assertion, the client address or
+    the clock. Device assertion times are real, because the device verifier judges them by the
+    request's arrival time; only the office-hours check reads the demo clock.
+    """
+    now = time.time()
+    alice = issuer.token("alice", scopes=["workspace:read"], alg="ES256")
+    managed = _device_assertion(device_agent, "mac-0042", "alice", now=now)
+    unmanaged = _device_assertion(device_agent, "mac-0042", "alice", now=now, managed=False)
+    # Collected two days ago, so older than the MAX_POSTURE_AGE of one hour.
+    stale = _device_assertion(
+        device_agent, "mac-0042", "alice", now=now, checked_at=now - 2 * 86400
+    )
+    bobs_device = _device_assertion(device_agent, "mac-0099", "bob", now=now)
+
+    def workspace(
+        description: str,
+        status: int,
+        reason: str | None = None,
+        *,
+        device_assertion: str | None = managed,
+        forwarded_for: str = ALLOWED_ADDRESS,
+        clock: dt.datetime = IN_OFFICE_HOURS,
+        expected_facts: Mapping[str, Any] | None = None,
+    ) -> Probe:
+        return Probe(
+            "GET",
+            "/workspace/documents",
+            description,
+            alice,
+            status,
+            reason,
+            device_assertion=device_assertion,
+            forwarded_for=forwarded_for,
+            clock=clock,
+            expected_facts=expected_facts or {},
+        )
+
+    return [
+        # Allowed: the user, a managed device with fresh posture, an allowed country, on time.
+        workspace(
+            "alice, managed device, DE, office hours",
+            200,
+            expected_facts={
+                "device_id": "mac-0042",
+                "device_managed": True,
+                "country": "DE",
+                "time_window": "mon-fri 08:00-18:00",
+            },
+        ),
+        # Denied with 403: one context check fails, and the event records why.
+        workspace("no device assertion", 403, "device_credential_missing", device_assertion=None),
+        workspace("unmanaged device", 403, "device_not_managed", device_assertion=unmanaged),
+        workspace("posture two days old", 403, "device_posture_stale", device_assertion=stale),
+        workspace("bob's device", 403, "subject_binding_mismatch", device_assertion=bobs_device),
+        workspace(
+            "client in the US",
+            403,
+            "country_not_allowed",
+            forwarded_for=FOREIGN_ADDRESS,
+            expected_facts={"country": "US"},
+        ),
+        workspace(
+            "after office hours",
+            403,
+            "outside_time_window",
+            clock=AFTER_HOURS,
+            expected_facts={"local_time": AFTER_HOURS.isoformat()},
+        ),
+    ]
+
+
+def _device_assertion(
+    device_agent: TokenIssuer,
+    device_id: str,
+    user: str,
+    *,
+    now: float,
+    managed: bool = True,
+    checked_at: float | None = None,
+) -> str:
+    """Mint a posture assertion for a macOS laptop with disk encryption and a screen lock."""
+    return device_agent.token(
+        device_id,
+        audience=DEVICE_AUDIENCE,
+        alg="ES256",
+        now=now,
+        user=user,
+        managed=managed,
+        os="macos",
+        os_version="14.4.1",
+        disk_encrypted=True,
+        screen_lock=True,
+        posture_checked_at=int(now if checked_at is None else checked_at),
+    )
 
 
 def _split(token: str) -> list[str]:

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A structlog processor that removes secrets from an event before any renderer sees it."""
+"""A structlog processor that removes secrets from an event before it is rendered."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/\-]+=*")
 _MAX_DEPTH = 8
 _SKIP, _REPLACE, _SCAN = 0, 1, 2
 _SCALARS = frozenset({bool, int, float})
-# What to do with each key seen so far; event keys repeat, so classifying once saves time.
+# The action for each key seen so far; event keys repeat, so classifying once saves time.
 _KEY_ACTIONS: dict[object, int] = {}
 _MAX_KEY_ACTIONS = 4096
 # Access-event fields that hold only values zerotrust generated or validated.

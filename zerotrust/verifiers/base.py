@@ -144,7 +144,7 @@ class Deny(ZeroTrustError):
 @dataclass(frozen=True, slots=True)
 class VerificationContext:
     """
-    What a verifier knows besides the request itself.
+    Information a verifier receives besides the request itself.
 
     Attributes:
         segment: The segment the request fell in.
@@ -185,7 +185,7 @@ class Verifier(abc.ABC):
 
     name: ClassVar[str] = "verifier"
     kind: ClassVar[VerifierKind] = "context"
-    """``identity`` verifiers establish who is asking; their failures answer 401, not 403."""
+    """``identity`` verifiers establish who is asking, so their failures return 401, not 403."""
 
     timeout: float
     required: bool
@@ -225,7 +225,7 @@ class Verifier(abc.ABC):
         """
         Return a verdict without waiting, or ``None`` to fall back to `verify`.
 
-        Override this for answers that need no I/O, such as a token found in a cache. The
+        Override this for verdicts that need no I/O, such as a token found in a cache. The
         engine calls it on the event loop without a timeout, so it must not block.
         """
         return None

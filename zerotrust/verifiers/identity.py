@@ -296,7 +296,7 @@ class JWTVerifier(Verifier):
         except UnknownKeyError:
             return _failed("unknown_kid", f"no key with kid {str(kid)[:64]!r}", digest)
         except KeySetUnavailableError as error:
-            # The token may be fine: say nothing about it to the client (no invalid_token).
+            # The token may be fine, so the challenge carries no invalid_token error.
             return Verdict.failed(
                 "jwks_unavailable",
                 error.reason,

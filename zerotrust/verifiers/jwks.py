@@ -147,7 +147,7 @@ def _find(index: KeyIndex, kid: str | None, alg: str) -> jwt.PyJWK | None:
 
 
 class KeySet:
-    """Where a `JWTVerifier` finds the key for a token's ``kid`` and ``alg``."""
+    """The source of the key for a token's ``kid`` and ``alg``, for a `JWTVerifier`."""
 
     algorithms: frozenset[str]
 
