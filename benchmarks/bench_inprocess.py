@@ -7,23 +7,20 @@ import argparse
 import asyncio
 import gc
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from bench_apps import PATH, SCOPE, bare_app, starlette_auth_app, zerotrust_app
+from bench_apps import PATH, VARIANTS, Credentials, build_variant, request_headers
+from bench_machine import machine_info
 from rich.console import Console
 from rich.table import Table
 from starlette.types import ASGIApp, Message, Scope
 
 from zerotrust import EventEmitter
-from zerotrust.testing import TokenIssuer
 
 DEFAULT_REQUESTS = 8000
 DEFAULT_ROUNDS = 5
@@ -60,8 +57,14 @@ class Result:
     events_dropped: int | None
 
 
-def build_scope(token: str) -> Scope:
+def build_scope(credential_headers: list[tuple[str, str]]) -> Scope:
     """Build an HTTP scope shaped like the ones uvicorn creates for ``GET /api/items``."""
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"user-agent", b"bench-inprocess/1"),
+        (b"accept", b"*/*"),
+    ]
+    headers += [(name.encode(), value.encode()) for name, value in credential_headers]
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -72,12 +75,7 @@ def build_scope(token: str) -> Scope:
         "raw_path": PATH.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [
-            (b"host", b"127.0.0.1:8000"),
-            (b"user-agent", b"bench-inprocess/1"),
-            (b"accept", b"*/*"),
-            (b"authorization", f"Bearer {token}".encode()),
-        ],
+        "headers": headers,
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
@@ -91,39 +89,15 @@ async def discard(_message: Message) -> None:
     return None
 
 
-def build_variants(events_dir: Path, max_queue: int) -> list[Variant]:
-    """Build every variant; the token issuer's static keys mean no network is involved."""
-    issuer = TokenIssuer(issuer="https://issuer.bench", algorithms=("RS256", "ES256"))
-    jwks = issuer.jwks()
-    tokens = {
-        alg: issuer.token("alice", scopes=[SCOPE], alg=alg, lifetime=3600)
-        for alg in ("RS256", "ES256")
-    }
-
-    variants = [Variant("bare Starlette", bare_app(), build_scope(tokens["RS256"]))]
-    for alg, cached in (("RS256", True), ("ES256", True), ("RS256", False), ("ES256", False)):
-        label = "cached" if cached else "uncached"
-        events_path = events_dir / f"{alg}-{label}.jsonl"
-        app, emitter = zerotrust_app(
-            jwks, algorithm=alg, events_path=events_path, cached=cached, max_queue=max_queue
-        )
-        variants.append(
-            Variant(f"zerotrust {alg} {label}", app, build_scope(tokens[alg]), emitter, events_path)
-        )
-    app, emitter = zerotrust_app(jwks, algorithm="RS256", events_path=None, max_queue=max_queue)
-    variants.append(
-        Variant(
-            "zerotrust RS256 cached, events discarded", app, build_scope(tokens["RS256"]), emitter
-        )
-    )
-    public_key = issuer.private_keys["RS256"].public_key()
-    variants.append(
-        Variant(
-            "Starlette AuthenticationMiddleware + pyjwt RS256 uncached",
-            starlette_auth_app(public_key),
-            build_scope(tokens["RS256"]),
-        )
-    )
+def build_variants(
+    keys: list[str], credentials: Credentials, events_dir: Path, max_queue: int
+) -> list[Variant]:
+    """Build the variants named by ``keys``; static keys mean that no network is involved."""
+    variants = []
+    for key in keys:
+        bench = build_variant(key, credentials, events_dir=events_dir, max_queue=max_queue)
+        scope = build_scope(request_headers(key, credentials))
+        variants.append(Variant(bench.label, bench.app, scope, bench.emitter, bench.events_path))
 
     return variants
 
@@ -241,26 +215,6 @@ def print_table(results: list[Result], requests: int, rounds: int) -> None:
     Console(width=max(Console().width, 140)).print(table)
 
 
-def machine_info() -> dict[str, Any]:
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        # Other processes on the machine distort wall time more than CPU time.
-        "load_average_1min": round(os.getloadavg()[0], 2),
-    }
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -278,8 +232,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="a run of a few seconds, for a smoke test"
     )
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated variant keys; ratios are to the first (default: all, bare first)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args(argv)
+    args.variants = [key.strip() for key in args.variants.split(",") if key.strip()]
+    unknown = [key for key in args.variants if key not in VARIANTS]
+    if unknown or not args.variants:
+        parser.error(
+            f"--variants: unknown variants {unknown} or none given; "
+            f"choose from {', '.join(VARIANTS)}"
+        )
     if args.requests is None:
         args.requests = QUICK_REQUESTS if args.quick else DEFAULT_REQUESTS
     if args.rounds is None:
@@ -298,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zerotrust-bench-") as directory:
         # The queue holds a whole round, so no event is dropped and every one is timed.
-        variants = build_variants(Path(directory), max_queue=max(10_000, 2 * args.requests))
+        variants = build_variants(
+            args.variants,
+            Credentials.generate(),
+            Path(directory),
+            max_queue=max(10_000, 2 * args.requests),
+        )
         asyncio.run(measure(variants, args.requests, args.rounds, warmup))
         results = summarize(variants)
     elapsed = time.perf_counter() - started

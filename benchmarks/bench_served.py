@@ -6,10 +6,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -21,13 +19,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from bench_apps import EVENTS_ENV, JWKS_ENV, PATH, SCOPE
+from bench_apps import (
+    CREDENTIALS_ENV,
+    EVENTS_ENV,
+    PATH,
+    VARIANT_ENV,
+    VARIANTS,
+    Credentials,
+    request_headers,
+)
+from bench_machine import machine_info
 from rich.console import Console
 from rich.table import Table
-
-from zerotrust.testing import TokenIssuer
 
 HOST = "127.0.0.1"
 BENCHMARKS_DIR = Path(__file__).resolve().parent
@@ -44,13 +48,18 @@ _WRK_SOCKET_ERRORS = re.compile(r"Socket errors:.*")
 
 @dataclass
 class Server:
-    """One uvicorn process serving one variant."""
+    """One uvicorn process serving one variant, and the credential headers its clients send."""
 
-    name: str
-    factory: str
+    key: str
+    headers: list[tuple[str, str]]
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     rates: list[float] = field(default_factory=list)
+    events: int | None = None
+
+    @property
+    def name(self) -> str:
+        return VARIANTS[self.key]
 
     @property
     def url(self) -> str:
@@ -78,14 +87,20 @@ def free_port() -> int:
 
 
 def start(server: Server, env: dict[str, str]) -> None:
-    """Start uvicorn with one worker and wait until it accepts connections."""
+    """
+    Start uvicorn with one worker and wait until it accepts connections.
+
+    ``--no-proxy-headers`` leaves ``X-Forwarded-For`` to zerotrust's `TrustedProxies`, so the
+    full chain resolves the client address as it would behind a real proxy.
+    """
     server.port = free_port()
     command = [
-        sys.executable, "-m", "uvicorn", server.factory, "--factory",
+        sys.executable, "-m", "uvicorn", "bench_apps:served_app", "--factory",
         "--app-dir", str(BENCHMARKS_DIR),
         "--host", HOST, "--port", str(server.port),
-        "--no-access-log", "--log-level", "warning",
+        "--no-access-log", "--no-proxy-headers", "--log-level", "warning",
     ]  # fmt: skip
+    env = {**env, VARIANT_ENV: server.key}
     server.process = subprocess.Popen(command, env=env)  # noqa: S603 -- our own interpreter and arguments
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
@@ -125,11 +140,10 @@ def running(servers: list[Server], env: dict[str, str]) -> Iterator[None]:
             stop(server)
 
 
-def request_bytes(token: str) -> bytes:
-    return (
-        f"GET {PATH} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: bench-served/1\r\n"
-        f"Accept: */*\r\nAuthorization: Bearer {token}\r\n\r\n"
-    ).encode()
+def request_bytes(headers: list[tuple[str, str]]) -> bytes:
+    lines = [f"GET {PATH} HTTP/1.1", f"Host: {HOST}", "User-Agent: bench-served/1", "Accept: */*"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 async def _connection(
@@ -157,10 +171,10 @@ async def _connection(
 
 
 async def python_load(
-    port: int, token: str, connections: int, duration: float, max_requests: int
+    port: int, headers: list[tuple[str, str]], connections: int, duration: float, max_requests: int
 ) -> LoadResult:
     """Drive keep-alive connections over raw sockets until the duration or request budget ends."""
-    request = request_bytes(token)
+    request = request_bytes(headers)
     budget = [max_requests]
     counts = [0, 0]
     started = time.monotonic()
@@ -172,9 +186,7 @@ async def python_load(
     return LoadResult(counts[0], counts[1], time.monotonic() - started)
 
 
-def run_python_load(
-    server: Server, token: str, args: argparse.Namespace, duration: float
-) -> LoadResult:
+def run_python_load(server: Server, args: argparse.Namespace, duration: float) -> LoadResult:
     """Run the Python load generator in its own process, so it does not share the server's GIL."""
     command = [
         sys.executable, str(Path(__file__).resolve()), "--load-worker",
@@ -183,7 +195,7 @@ def run_python_load(
     ]  # fmt: skip
     completed = subprocess.run(  # noqa: S603 -- our own interpreter and script
         command,
-        input=token.encode(),
+        input=json.dumps(server.headers).encode(),
         capture_output=True,
         timeout=duration + 60,
         check=True,
@@ -192,14 +204,12 @@ def run_python_load(
     return LoadResult(result["requests"], result["errors"], result["seconds"])
 
 
-def run_wrk(
-    wrk: str, server: Server, token: str, args: argparse.Namespace, duration: float
-) -> LoadResult:
+def run_wrk(wrk: str, server: Server, args: argparse.Namespace, duration: float) -> LoadResult:
     # One wrk thread leaves the second core to the server, as the Python generator does.
-    command = [
-        wrk, "-t1", f"-c{args.connections}", f"-d{max(1, round(duration))}s",
-        "-H", f"Authorization: Bearer {token}", server.url,
-    ]  # fmt: skip
+    command = [wrk, "-t1", f"-c{args.connections}", f"-d{max(1, round(duration))}s"]
+    for name, value in server.headers:
+        command += ["-H", f"{name}: {value}"]
+    command.append(server.url)
     completed = subprocess.run(  # noqa: S603 -- wrk from PATH with our own arguments
         command, capture_output=True, text=True, timeout=duration + 60, check=True
     )
@@ -218,29 +228,10 @@ def run_wrk(
     return LoadResult(requests - errors, errors, requests / float(rate[1]))
 
 
-def load(
-    generator: str, server: Server, token: str, args: argparse.Namespace, duration: float
-) -> LoadResult:
+def load(generator: str, server: Server, args: argparse.Namespace, duration: float) -> LoadResult:
     if generator == "python":
-        return run_python_load(server, token, args, duration)
-    return run_wrk(generator, server, token, args, duration)
-
-
-def machine_info() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as file:
-        for line in file:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "uvloop": importlib.util.find_spec("uvloop") is not None,
-        "httptools": importlib.util.find_spec("httptools") is not None,
-        "load_average_1min": round(os.getloadavg()[0], 2),
-    }
+        return run_python_load(server, args, duration)
+    return run_wrk(generator, server, args, duration)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -275,10 +266,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="one short round per app, for a smoke test"
     )
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated variant keys; ratios are to the first (default: all, bare first)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--load-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.variants = [key.strip() for key in args.variants.split(",") if key.strip()]
+    unknown = [key for key in args.variants if key not in VARIANTS]
+    if unknown or not args.variants:
+        parser.error(
+            f"--variants: unknown variants {unknown} or none given; "
+            f"choose from {', '.join(VARIANTS)}"
+        )
     if args.quick:
         args.duration = min(args.duration, 2.0)
         args.rounds = 1
@@ -314,69 +317,77 @@ def print_table(servers: list[Server], label: str, args: argparse.Namespace) -> 
             f"median of {args.rounds} x {args.duration:g} s ({label})"
         )
     )
-    table.add_column("app")
+    table.add_column("app", no_wrap=True)
     table.add_column("requests/s", justify="right")
     table.add_column("rounds", justify="right")
     table.add_column("ratio to bare", justify="right")
+    table.add_column("events in file", justify="right")
     bare = statistics.median(servers[0].rates)
     for server in servers:
         median = statistics.median(server.rates)
         rounds = ", ".join(f"{rate:.0f}" for rate in server.rates)
-        table.add_row(server.name, f"{median:.0f}", rounds, f"{median / bare:.1%}")
+        events = "-" if server.events is None else str(server.events)
+        table.add_row(server.name, f"{median:.0f}", rounds, f"{median / bare:.1%}", events)
     Console(width=max(Console().width, 140)).print(table)
+
+
+def measure(servers: list[Server], generator: str, args: argparse.Namespace) -> None:
+    for server in servers:
+        warmup = load(generator, server, args, 1.0)
+        if warmup.errors or not warmup.requests:
+            message = (
+                f"{server.name} responded to {warmup.errors} of "
+                f"{warmup.requests + warmup.errors} warm-up requests with a status other "
+                "than 200: check the benchmark setup"
+            )
+            raise RuntimeError(message)
+    # Rounds alternate between the apps, so a slow phase of the machine hits all of them.
+    for _ in range(args.rounds):
+        for server in servers:
+            result = load(generator, server, args, args.duration)
+            if result.errors:
+                print(f"{server.name}: {result.errors} responses were not 200", file=sys.stderr)
+            server.rates.append(result.rate)
+
+
+def count_lines(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    with path.open("rb") as file:
+        return sum(1 for _ in file)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.load_worker:
-        token = sys.stdin.read().strip()
+        headers = [(name, value) for name, value in json.loads(sys.stdin.read())]
         result = asyncio.run(
-            python_load(args.port, token, args.connections, args.duration, args.max_requests)
+            python_load(args.port, headers, args.connections, args.duration, args.max_requests)
         )
         print(json.dumps(asdict(result)))
         return 0
 
     generator, label = choose_generator(args.generator)
-    issuer = TokenIssuer(issuer="https://issuer.bench", algorithms=("RS256",))
-    token = issuer.token("alice", scopes=[SCOPE], alg="RS256", lifetime=3600)
-    servers = [
-        Server("bare Starlette", "bench_apps:served_bare"),
-        Server("zerotrust RS256 cached, events to file", "bench_apps:served_zerotrust"),
-        Server("zerotrust RS256 cached, events discarded", "bench_apps:served_zerotrust_discard"),
-    ]
+    credentials = Credentials.generate()
+    servers = [Server(key, request_headers(key, credentials)) for key in args.variants]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zerotrust-served-") as directory:
-        jwks_path = Path(directory) / "jwks.json"
-        jwks_path.write_text(json.dumps(issuer.jwks()), encoding="utf-8")
-        events_path = Path(directory) / "events.jsonl"
-        env = {**os.environ, JWKS_ENV: str(jwks_path), EVENTS_ENV: str(events_path)}
+        credentials_dir = Path(directory) / "credentials"
+        events_dir = Path(directory) / "events"
+        credentials_dir.mkdir()
+        events_dir.mkdir()
+        credentials.save(credentials_dir)
+        env = {**os.environ, CREDENTIALS_ENV: str(credentials_dir), EVENTS_ENV: str(events_dir)}
 
         with running(servers, env):
-            for server in servers:
-                warmup = load(generator, server, token, args, 1.0)
-                if warmup.errors or not warmup.requests:
-                    message = (
-                        f"{server.name} responded to {warmup.errors} of "
-                        f"{warmup.requests + warmup.errors} warm-up requests with a status other "
-                        "than 200: check the benchmark setup"
-                    )
-                    raise RuntimeError(message)
-            # Rounds alternate between the apps, so a slow phase of the machine hits both.
-            for _ in range(args.rounds):
-                for server in servers:
-                    result = load(generator, server, token, args, args.duration)
-                    if result.errors:
-                        print(
-                            f"{server.name}: {result.errors} responses were not 200",
-                            file=sys.stderr,
-                        )
-                    server.rates.append(result.rate)
-        events = sum(1 for _ in events_path.open("rb")) if events_path.exists() else 0
+            measure(servers, generator, args)
+        # Stopping uvicorn runs the lifespan shutdown, which flushes the events.
+        for server in servers:
+            server.events = count_lines(events_dir / f"{server.key}.jsonl")
     elapsed = time.perf_counter() - started
 
     print_table(servers, label, args)
-    print(f"{events} access events written to the file; {elapsed:.1f} s in total")
-    print(machine_info())
+    print(f"{elapsed:.1f} s in total; {machine_info()}")
     if args.json:
         bare = statistics.median(servers[0].rates)
         document = {
@@ -386,13 +397,14 @@ def main(argv: list[str] | None = None) -> int:
             "duration": args.duration,
             "rounds": args.rounds,
             "machine": machine_info(),
-            "events_written": events,
             "results": [
                 {
                     "name": server.name,
+                    "key": server.key,
                     "requests_per_second": round(statistics.median(server.rates), 1),
                     "rounds": [round(rate, 1) for rate in server.rates],
                     "ratio_to_bare": round(statistics.median(server.rates) / bare, 4),
+                    "events_written": server.events,
                 }
                 for server in servers
             ],

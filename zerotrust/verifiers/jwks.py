@@ -388,7 +388,7 @@ class RemoteKeySet(KeySet):
             index = _index_keys(keys, self.algorithms, self.url)
             if not index:
                 raise ValueError(f"no usable key for {sorted(self.algorithms)}")
-        except (httpx.HTTPError, ValueError, OSError) as error:
+        except Exception as error:  # noqa: BLE001 -- any failure keeps the last good keys
             self._last_error = f"{type(error).__name__}: {error}"[:300]
             logger.warning("refreshing the JWKS from %s failed: %s", self.url, self._last_error)
             # Keep using the last good keys until max_stale runs out, and retry after a short
