@@ -325,3 +325,37 @@ class TestVerdictBuilders:
         """A verifier timeout must be a positive number."""
         with pytest.raises(ValueError, match="timeout"):
             Sleeping(1, timeout=timeout)
+
+
+class Elevating(Verifier):
+    name = "grant"
+
+    def __init__(self, owner: str) -> None:
+        super().__init__()
+        self.owner = owner
+
+    async def verify(self, request: AccessRequest, context: VerificationContext) -> Verdict:
+        return Verdict.passed(bound_subject=self.owner, elevates=True, grant_id="g-1")
+
+
+class TestElevation:
+    def test_elevating_verdict_replaces_roles(self) -> None:
+        """A passed verdict that elevates stands in for the segment's roles."""
+        decision = decide(allow("alice", roles=["reader"]), Elevating("alice"), roles=["admin"])
+
+        assert decision.allowed
+        assert "g-1" == decision.facts["grant_id"]
+
+    def test_elevation_bound_to_subject(self) -> None:
+        """An elevation bound to another subject denies."""
+        decision = decide(allow("alice"), Elevating("mallory"), roles=["admin"])
+
+        assert ("subject_binding_mismatch",) == decision.reasons
+
+    def test_elevation_keeps_scopes(self) -> None:
+        """Elevation replaces roles only: required scopes still apply."""
+        decision = decide(
+            allow("alice", scopes=[]), Elevating("alice"), roles=["admin"], scopes=["read"]
+        )
+
+        assert ("insufficient_scope",) == decision.reasons

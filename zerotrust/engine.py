@@ -231,6 +231,7 @@ def _evaluate(
     facts: dict[str, Any] = {}
 
     authenticated = False
+    elevated = False
     for record, verifier in zip(records, segment.verifiers, strict=True):
         verdict = record.verdict
         if record.outcome == "fail":
@@ -256,6 +257,8 @@ def _evaluate(
 
         if verdict.facts:
             facts.update(verdict.facts)
+        if verdict.elevates:
+            elevated = True
         if verdict.principal is None:
             continue
         if principal is None:
@@ -282,7 +285,7 @@ def _evaluate(
             reasons.append("insufficient_scope")
             if not identity_failed:
                 challenge = {"error": "insufficient_scope", "scope": " ".join(sorted(missing))}
-        if segment.roles and not segment.roles & principal.roles:
+        if segment.roles and not segment.roles & principal.roles and not elevated:
             reasons.append("insufficient_role")
 
     if not reasons:

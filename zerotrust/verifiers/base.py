@@ -68,6 +68,8 @@ class Verdict:
         bound_subject: The subject a credential is bound to, such as the owner of a device; the
             engine denies the request if it differs from the principal's subject.
         challenge: Extra ``WWW-Authenticate`` parameters for a 401, such as ``error``.
+        elevates: For a pass: the verdict stands in for the segment's standing ``roles``, as a
+            just-in-time grant does. The principal needs no listed role then.
         forbidden: For a failure of an identity verifier: the caller was authenticated but is
             not allowed, so the answer is 403 rather than 401. Pass the ``principal`` too, so
             the event records who was refused.
@@ -81,6 +83,7 @@ class Verdict:
     bound_subject: str | None = None
     challenge: Mapping[str, str] | None = None
     forbidden: bool = False
+    elevates: bool = False
 
     @classmethod
     def passed(
@@ -88,9 +91,16 @@ class Verdict:
         *,
         principal: Principal | None = None,
         bound_subject: str | None = None,
+        elevates: bool = False,
         **facts: Any,
     ) -> Verdict:
-        return cls("pass", principal=principal, bound_subject=bound_subject, facts=facts or _EMPTY)
+        return cls(
+            "pass",
+            principal=principal,
+            bound_subject=bound_subject,
+            facts=facts or _EMPTY,
+            elevates=elevates,
+        )
 
     @classmethod
     def failed(
