@@ -359,3 +359,14 @@ class TestElevation:
         )
 
         assert ("insufficient_scope",) == decision.reasons
+
+
+class TestBindingRecord:
+    def test_mismatch_names_both_subjects(self) -> None:
+        """The bound verifier's record turns into a failure that names both subjects."""
+        decision = decide(allow("alice"), Bound("mallory"))
+        record = decision.verdicts[1]
+
+        assert "fail" == record.outcome
+        assert "subject_binding_mismatch" == record.reason
+        assert "bound to subject 'mallory', not to 'alice'" == record.detail

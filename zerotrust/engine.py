@@ -220,6 +220,24 @@ def _record(verifier: Verifier, verdict: Verdict, duration: float) -> VerdictRec
     )
 
 
+def _check_bindings(
+    records: tuple[VerdictRecord, ...], principal: Principal, reasons: list[str]
+) -> tuple[VerdictRecord, ...]:
+    """Fail every passed verdict bound to another subject, so the event shows which and why."""
+    checked = list(records)
+    for index, record in enumerate(records):
+        bound = record.verdict.bound_subject
+        if record.outcome != "pass" or bound is None or bound == principal.subject:
+            continue
+        reasons.append("subject_binding_mismatch")
+        detail = f"bound to subject {bound[:100]!r}, not to {principal.subject[:100]!r}"
+        checked[index] = record._replace(
+            outcome="fail", reason="subject_binding_mismatch", detail=detail
+        )
+
+    return tuple(checked)
+
+
 def _evaluate(
     segment: Segment, request: AccessRequest, records: tuple[VerdictRecord, ...]
 ) -> Decision:
@@ -267,10 +285,7 @@ def _evaluate(
             reasons.append("conflicting_principals")
 
     if not identity_failed and principal is not None:
-        for record in records:
-            bound = record.verdict.bound_subject
-            if record.outcome == "pass" and bound is not None and bound != principal.subject:
-                reasons.append("subject_binding_mismatch")
+        records = _check_bindings(records, principal, reasons)
     if not segment.public and principal is None and not identity_failed and not authenticated:
         reasons.append("identity_missing")
         identity_failed = True
