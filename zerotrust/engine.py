@@ -220,6 +220,29 @@ def _record(verifier: Verifier, verdict: Verdict, duration: float) -> VerdictRec
     )
 
 
+def _step_up(segment: Segment, request: AccessRequest, principal: Principal) -> list[str]:
+    """Return the reasons a fresher or stronger authentication is needed (RFC 9470)."""
+    reasons = []
+    if segment.max_auth_age is not None and (
+        principal.auth_time is None or request.time - principal.auth_time > segment.max_auth_age
+    ):
+        reasons.append("authentication_too_old")
+    if segment.acr_values and principal.acr not in segment.acr_values:
+        reasons.append("acr_not_satisfied")
+    if segment.amr and not segment.amr <= principal.amr:
+        reasons.append("amr_not_satisfied")
+    return reasons
+
+
+def _step_up_challenge(segment: Segment) -> dict[str, str]:
+    challenge = {"error": "insufficient_user_authentication"}
+    if segment.acr_values:
+        challenge["acr_values"] = " ".join(sorted(segment.acr_values))
+    if segment.max_auth_age is not None:
+        challenge["max_age"] = str(int(segment.max_auth_age))
+    return challenge
+
+
 def _check_bindings(
     records: tuple[VerdictRecord, ...], principal: Principal, reasons: list[str]
 ) -> tuple[VerdictRecord, ...]:
@@ -289,6 +312,13 @@ def _evaluate(
     if not segment.public and principal is None and not identity_failed and not authenticated:
         reasons.append("identity_missing")
         identity_failed = True
+
+    if principal is not None and not identity_failed:
+        step_up = _step_up(segment, request, principal)
+        if step_up:
+            reasons.extend(step_up)
+            identity_failed = True
+            challenge = _step_up_challenge(segment)
 
     missing: frozenset[str] = frozenset()
     required_scopes = segment.required_scopes(request.method)

@@ -125,6 +125,11 @@ class Segment:
             unless a ``"*"`` entry gives the default. ``HEAD`` falls back to ``GET``.
         roles: Roles of which the principal needs at least one.
         mode: ``enforce`` denies; ``monitor`` records what would be denied and lets it through.
+        max_auth_age: Seconds since the user last authenticated (the token's ``auth_time``)
+            beyond which the request needs a fresh login (step-up, RFC 9470).
+        acr_values: Authentication context classes of which the token's ``acr`` must be one.
+        amr: Authentication methods that the token's ``amr`` must all contain, such as
+            ``["mfa"]``.
 
     Raises:
         ConfigurationError: for an invalid name, an empty path list, an unknown mode, a method or
@@ -140,6 +145,9 @@ class Segment:
     scopes: Mapping[str, frozenset[str]]
     roles: frozenset[str]
     mode: Mode
+    max_auth_age: float | None
+    acr_values: frozenset[str]
+    amr: frozenset[str]
 
     def __init__(
         self,
@@ -153,6 +161,9 @@ class Segment:
         scopes: Collection[str] | Mapping[str, Collection[str]] | None = None,
         roles: Collection[str] = (),
         mode: Mode = "enforce",
+        max_auth_age: float | None = None,
+        acr_values: Collection[str] = (),
+        amr: Collection[str] = (),
     ) -> None:
         if not isinstance(name, str) or not _SEGMENT_NAME.fullmatch(name):
             message = f"segment name {name!r} must be 1 to 64 letters, digits, '_', '.' or '-'"
@@ -178,9 +189,20 @@ class Segment:
                 "request: add a verifier, or pass public=True"
             )
             raise ConfigurationError(message, parameter=f"{name}.verifiers", value=[])
-        if public and (scopes or roles):
+        if max_auth_age is not None and (
+            isinstance(max_auth_age, bool)
+            or not isinstance(max_auth_age, int | float)
+            or not 0 < max_auth_age < float("inf")
+        ):
             message = (
-                f"segment {name!r} is public, so it cannot require scopes or roles: "
+                f"segment {name!r}: max_auth_age must be a positive number of seconds, "
+                f"not {max_auth_age!r}"
+            )
+            raise ConfigurationError(message, parameter=f"{name}.max_auth_age", value=max_auth_age)
+        if public and (scopes or roles or max_auth_age is not None or acr_values or amr):
+            message = (
+                f"segment {name!r} is public, so it cannot require scopes, roles or a recent, "
+                "strong authentication: "
                 "remove public=True or the requirements"
             )
             raise ConfigurationError(message, parameter=f"{name}.public", value=public)
@@ -201,6 +223,9 @@ class Segment:
         set_attribute(self, "scopes", _parse_scopes(name, scopes))
         set_attribute(self, "roles", frozenset(_parse_names(name, "roles", roles)))
         set_attribute(self, "mode", mode)
+        set_attribute(self, "max_auth_age", None if max_auth_age is None else float(max_auth_age))
+        set_attribute(self, "acr_values", frozenset(_parse_names(name, "acr_values", acr_values)))
+        set_attribute(self, "amr", frozenset(_parse_names(name, "amr", amr)))
 
     def required_scopes(self, method: str) -> frozenset[str] | None:
         """Return the scopes a request with ``method`` needs; ``None`` if the method is denied."""

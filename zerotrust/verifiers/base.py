@@ -39,6 +39,9 @@ class Principal:
         claims: Every verified claim, for the application. Never copied into access events.
         expires_at: When the credential expires, seconds since the epoch, if known.
         credential_fingerprint: A short hash of the credential, safe to log.
+        auth_time: When the user last authenticated, seconds since the epoch (OIDC ``auth_time``).
+        acr: The authentication context class reference (OIDC ``acr``), such as ``phr``.
+        amr: The authentication methods used (RFC 8176 ``amr``), such as ``{"pwd", "mfa"}``.
     """
 
     subject: str
@@ -48,6 +51,9 @@ class Principal:
     claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, repr=False)
     expires_at: float | None = None
     credential_fingerprint: str | None = None
+    auth_time: float | None = None
+    acr: str | None = None
+    amr: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -362,6 +362,10 @@ class JWTVerifier(Verifier):
             claims=claims,
             expires_at=float(expires) if isinstance(expires, int | float) else None,
             credential_fingerprint=digest.hex()[:16],
+            # A malformed authentication claim counts as absent, so step-up checks fail closed.
+            auth_time=_number(claims.get("auth_time")),
+            acr=acr if isinstance(acr := claims.get("acr"), str) else None,
+            amr=_methods(claims.get("amr")),
         )
         if self.cache is not None:
             self.cache.put(digest, principal)
@@ -390,6 +394,19 @@ def _reason_for(error: jwt.InvalidTokenError) -> str:
         if isinstance(error, error_type):
             return reason
     return "token_invalid"
+
+
+def _methods(value: Any) -> frozenset[str]:
+    # RFC 8176 defines amr as a JSON array of strings; anything else counts as no methods.
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return frozenset(value)
+    return frozenset()
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def _nested(claims: Mapping[str, Any], path: tuple[str, ...]) -> Any:
