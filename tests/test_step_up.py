@@ -90,7 +90,7 @@ class TestStepUp:
         claims: dict[str, Any],
         reasons: list[str],
     ) -> None:
-        """An old or weak login answers 401 insufficient_user_authentication with the requirements."""
+        """An old or weak login gets 401 insufficient_user_authentication and the requirements."""
         if isinstance(claims.get("auth_time"), int):
             claims["auth_time"] = int(time.time()) + claims["auth_time"]
         token = issuer.token(alg="ES256", **claims)
