@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import re
 import time
 import warnings
@@ -21,6 +19,7 @@ from ..exceptions import ConfigurationError, InsecureConfigurationWarning, KeySe
 from .base import Deny, Verdict, VerificationContext, Verifier
 from .certificates import ClientCertificate, ProxyCertificateFormat, read_client_certificate
 from .jwks import KeySet, RemoteKeySet, StaticKeySet, UnknownKeyError
+from .jws import TokenProblem, claim_problem, read_header
 
 if TYPE_CHECKING:
     import httpx
@@ -32,38 +31,11 @@ __all__ = ["DeviceAssertion", "DeviceCredential", "DeviceVerifier", "parse_versi
 DeviceCredential = Literal["assertion", "certificate"]
 
 _CREDENTIALS: frozenset[str] = frozenset({"assertion", "certificate"})
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 _HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~\-]{1,64}")
 _VERSION = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9}){0,7}")
 _VERSION_PARTS = 8
 _MAX_LEEWAY = 300.0
-_MAX_HEADER_CHARS = 2048
 _MAX_CLAIM_CHARS = 256
-# Header parameters this verifier understands when an assertion lists them in "crit".
-_UNDERSTOOD_CRITICAL: frozenset[str] = frozenset()
-
-# Claim errors that only newer PyJWT releases (2.10 and later) raise.
-_OPTIONAL_ERRORS: tuple[type[Exception], ...] = tuple(
-    error
-    for error in (
-        getattr(jwt.exceptions, "InvalidSubjectError", None),
-        getattr(jwt.exceptions, "InvalidJTIError", None),
-    )
-    if isinstance(error, type)
-)
-# PyJWT errors and their reason codes; subclasses come before their base classes.
-_JWT_ERRORS: tuple[tuple[type[Exception], str], ...] = (
-    (jwt.ExpiredSignatureError, "device_assertion_expired"),
-    (jwt.ImmatureSignatureError, "device_assertion_not_yet_valid"),
-    (jwt.InvalidAudienceError, "device_assertion_invalid_audience"),
-    (jwt.InvalidIssuerError, "device_assertion_invalid_issuer"),
-    (jwt.MissingRequiredClaimError, "device_assertion_missing_claim"),
-    (jwt.InvalidIssuedAtError, "device_assertion_invalid_claim"),
-    *((error, "device_assertion_invalid_claim") for error in _OPTIONAL_ERRORS),
-    (jwt.InvalidSignatureError, "device_assertion_invalid_signature"),
-    (jwt.InvalidAlgorithmError, "device_assertion_algorithm_not_allowed"),
-    (jwt.DecodeError, "device_assertion_malformed"),
-)
 
 
 def parse_version(text: object) -> tuple[int, ...] | None:
@@ -485,29 +457,10 @@ class DeviceVerifier(Verifier):
         return self._decode(token, digest, key, now)
 
     def _read_header(self, token: str) -> dict[str, Any]:
-        if not _COMPACT_JWS.fullmatch(token):
-            raise Deny("device_assertion_malformed", "not a compact JWS")
-        # Decoded here rather than by PyJWT so that alg, kid and crit get their own reason codes.
-        header = _decode_header(token.partition(".")[0])
-        if header is None:
-            raise Deny("device_assertion_malformed", "header is not base64url-encoded JSON")
-
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self.algorithms:
-            raise Deny("device_assertion_algorithm_not_allowed", f"alg {str(alg)[:20]!r}")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise Deny("device_assertion_malformed", "kid is not a string")
-        critical = header.get("crit")
-        if critical is not None and (
-            not isinstance(critical, list)
-            or not all(isinstance(name, str) for name in critical)
-            or not set(critical) <= _UNDERSTOOD_CRITICAL
-        ):
-            detail = f"crit {str(critical)[:80]}"
-            raise Deny("device_assertion_unsupported_critical_header", detail)
-
-        return header
+        try:
+            return read_header(token, self.algorithms)
+        except TokenProblem as problem:
+            raise Deny(f"device_assertion_{problem.problem}", problem.detail) from None
 
     def _decode(self, token: str, digest: bytes, key: jwt.PyJWK, now: float) -> DeviceAssertion:
         """Verify the signature and claims, then cache and return the assertion."""
@@ -522,7 +475,7 @@ class DeviceVerifier(Verifier):
                 options=self._options,
             )
         except jwt.InvalidTokenError as error:
-            raise Deny(_reason_for(error), str(error)[:200]) from None
+            raise Deny(f"device_assertion_{claim_problem(error)}", str(error)[:200]) from None
 
         assertion = self._read_claims(claims, now)
         if self.cache is not None:
@@ -751,24 +704,6 @@ def _check_min_os_versions(
         parsed[os_name.strip().lower()] = (minimum, version.strip())
 
     return parsed
-
-
-def _decode_header(segment: str) -> dict[str, Any] | None:
-    if len(segment) > _MAX_HEADER_CHARS:
-        return None
-    try:
-        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        header = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return header if isinstance(header, dict) else None
-
-
-def _reason_for(error: jwt.InvalidTokenError) -> str:
-    for error_type, reason in _JWT_ERRORS:
-        if isinstance(error, error_type):
-            return reason
-    return "device_assertion_invalid"
 
 
 def _nested(claims: Mapping[str, Any], path: tuple[str, ...]) -> Any:

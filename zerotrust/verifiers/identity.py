@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
-import re
 import time
 import warnings
 from collections.abc import Iterable, Mapping
@@ -19,6 +16,7 @@ from starlette.requests import cookie_parser
 from ..exceptions import ConfigurationError, InsecureConfigurationWarning, KeySetUnavailableError
 from .base import Principal, Verdict, VerificationContext, Verifier
 from .jwks import KeySet, RemoteKeySet, StaticKeySet, UnknownKeyError
+from .jws import TokenProblem, claim_problem, read_header
 
 if TYPE_CHECKING:
     import httpx
@@ -27,34 +25,14 @@ if TYPE_CHECKING:
 
 __all__ = ["JWTVerifier", "TokenCache", "token_fingerprint"]
 
-_COMPACT_JWS = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 _MAX_LEEWAY = 300.0
-_MAX_HEADER_CHARS = 2048
-# Header parameters this verifier understands when a token lists them in "crit" (RFC 7515 4.1.11).
-_UNDERSTOOD_CRITICAL: frozenset[str] = frozenset()
-
-# Claim errors that only newer PyJWT releases (2.10 and later) raise.
-_OPTIONAL_ERRORS: tuple[type[Exception], ...] = tuple(
-    error
-    for error in (
-        getattr(jwt.exceptions, "InvalidSubjectError", None),
-        getattr(jwt.exceptions, "InvalidJTIError", None),
-    )
-    if isinstance(error, type)
-)
-
-_ERRORS: tuple[tuple[type[Exception], str], ...] = (
-    (jwt.ExpiredSignatureError, "token_expired"),
-    (jwt.ImmatureSignatureError, "token_not_yet_valid"),
-    (jwt.InvalidAudienceError, "invalid_audience"),
-    (jwt.InvalidIssuerError, "invalid_issuer"),
-    (jwt.MissingRequiredClaimError, "missing_claim"),
-    (jwt.InvalidIssuedAtError, "invalid_claim"),
-    *((error, "invalid_claim") for error in _OPTIONAL_ERRORS),
-    (jwt.InvalidSignatureError, "invalid_signature"),
-    (jwt.InvalidAlgorithmError, "algorithm_not_allowed"),
-    (jwt.DecodeError, "token_malformed"),
-)
+# Reason codes of this verifier for the problems of `zerotrust.verifiers.jws`.
+_REASONS = {
+    "malformed": "token_malformed",
+    "expired": "token_expired",
+    "not_yet_valid": "token_not_yet_valid",
+    "invalid": "token_invalid",
+}
 
 
 def token_fingerprint(token: str | bytes) -> str:
@@ -307,29 +285,10 @@ class JWTVerifier(Verifier):
         return self._decode(token, digest, key)
 
     def _read_header(self, token: str, digest: bytes) -> dict[str, Any] | Verdict:
-        if not _COMPACT_JWS.fullmatch(token):
-            return _failed("token_malformed", "not a compact JWS", digest)
-        # Decoded here rather than with PyJWT, whose own header checks raise before the kid and
-        # crit checks below could give their reason codes.
-        header = _decode_header(token.partition(".")[0])
-        if header is None:
-            return _failed("token_malformed", "header is not base64url-encoded JSON", digest)
-
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self.algorithms:
-            return _failed("algorithm_not_allowed", f"alg {str(alg)[:20]!r}", digest)
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            return _failed("token_malformed", "kid is not a string", digest)
-        critical = header.get("crit")
-        if critical is not None and (
-            not isinstance(critical, list)
-            or not all(isinstance(name, str) for name in critical)
-            or not set(critical) <= _UNDERSTOOD_CRITICAL
-        ):
-            return _failed("unsupported_critical_header", f"crit {str(critical)[:80]}", digest)
-
-        return header
+        try:
+            return read_header(token, self.algorithms)
+        except TokenProblem as problem:
+            return _failed(_reason(problem.problem), problem.detail, digest)
 
     def _decode(self, token: str, digest: bytes, key: jwt.PyJWK) -> Verdict:
         try:
@@ -343,7 +302,7 @@ class JWTVerifier(Verifier):
                 options=self._options,
             )
         except jwt.InvalidTokenError as error:
-            return _failed(_reason_for(error), str(error)[:200], digest)
+            return _failed(_reason(claim_problem(error)), str(error)[:200], digest)
 
         subject = claims.get("sub")
         expires = claims.get("exp")
@@ -373,27 +332,13 @@ class JWTVerifier(Verifier):
         return Verdict.passed(principal=principal)
 
 
-def _decode_header(segment: str) -> dict[str, Any] | None:
-    if len(segment) > _MAX_HEADER_CHARS:
-        return None
-    try:
-        data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        header = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return header if isinstance(header, dict) else None
-
-
 def _failed(reason: str, detail: str, digest: bytes) -> Verdict:
     # The fingerprint lets detectors correlate failures of one token without logging it.
     return Verdict.failed(reason, detail, credential_fingerprint=digest.hex()[:16])
 
 
-def _reason_for(error: jwt.InvalidTokenError) -> str:
-    for error_type, reason in _ERRORS:
-        if isinstance(error, error_type):
-            return reason
-    return "token_invalid"
+def _reason(problem: str) -> str:
+    return _REASONS.get(problem, problem)
 
 
 def _methods(value: Any) -> frozenset[str]:
