@@ -50,7 +50,13 @@ class Command:
     module: str
 
 
-COMMANDS: tuple[Command, ...] = (Command("demo", "zerotrust.demo"),)
+COMMANDS: tuple[Command, ...] = (
+    Command("demo", "zerotrust.demo"),
+    Command("grant-key", "zerotrust.grants.cli_keygen"),
+    Command("grant", "zerotrust.grants.cli_grant"),
+    Command("grants", "zerotrust.grants.cli_grants"),
+    Command("revoke", "zerotrust.grants.cli_revoke"),
+)
 """The registered subcommands, in the order ``--help`` lists them."""
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 __all__ = ["Grant", "GrantStatus"]
 
-GrantStatus = Literal["scheduled", "active", "expired", "revoked"]
+GrantStatus = Literal["pending", "scheduled", "active", "expired", "revoked"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,12 @@ class Grant:
         created_at: When it was requested.
         revoked_at: When it was revoked, if it was.
         revoked_by: Who revoked it.
+        pending: Whether the grant still waits for approval; no token exists for it yet.
+        issued_at: When its token was signed, or ``None`` while pending.
+        revocation_reason: Why it was revoked, if a reason was given.
+        reaped_at: When `GrantBroker.reap` reported its expiry, or ``None``.
+
+    .. versionadded:: 0.1.0
     """
 
     grant_id: str
@@ -48,6 +54,10 @@ class Grant:
     created_at: float = 0.0
     revoked_at: float | None = None
     revoked_by: str | None = None
+    pending: bool = False
+    issued_at: float | None = None
+    revocation_reason: str | None = None
+    reaped_at: float | None = None
 
     def status(self, now: float) -> GrantStatus:
         """Return the state of the grant at ``now``."""
@@ -55,6 +65,8 @@ class Grant:
             return "revoked"
         if now >= self.expires_at:
             return "expired"
+        if self.pending:
+            return "pending"
         if now < self.not_before:
             return "scheduled"
         return "active"
