@@ -95,11 +95,13 @@ class EventEmitter:
         close_code: int | None = None,
     ) -> None:
         """Queue the access event of one request; the writer thread builds and renders it."""
-        item = (request, decision, status, latency, decision_time, close_code)
+        item: tuple[Any, ...] = (request, decision, status, latency, decision_time, close_code)
         if _capture_lists:
+            # Build the event once, so the captured copy and the delivered one share their id.
             event = _build(item)
             for events in _capture_lists:
                 events.append(dict(redact_secrets(None, "info", dict(event))))
+            item = (event,)
         self._put(item)
 
     def emit(self, event: dict[str, Any]) -> None:
@@ -163,8 +165,12 @@ class EventEmitter:
         for sink in self.sinks:
             try:
                 sink.write(batch)
-            except Exception:
-                self.failed += len(batch)
+            except Exception as error:
+                # A sink may report how many events of the batch it lost, such as bulk item errors.
+                lost = getattr(error, "failed", None)
+                if not isinstance(lost, int) or not 0 <= lost <= len(batch):
+                    lost = len(batch)
+                self.failed += lost
                 logger.exception("sink %s failed to write %d events", sink.name, len(batch))
         self.delivered += len(batch)
 
