@@ -211,3 +211,32 @@ class TestFormats:
 
         assert 7 == uuid.UUID(first).version
         assert first < second
+
+
+class TestJsonLinesSinkFormat:
+    def test_cef_format(self) -> None:
+        """A sink can write another format, and redaction still runs before it."""
+        from zerotrust.events import cef_format
+
+        stream = io.BytesIO()
+        sink = JsonLinesSink(stream, format=cef_format)
+
+        sink.write(
+            [
+                {
+                    "event": "access",
+                    "timestamp": "2026-12-04T20:27:12.000000Z",
+                    "decision": "deny",
+                    "action": "deny",
+                    "mode": "enforce",
+                    "reasons": ["token_expired"],
+                    "path": f"/api/{JWT}",
+                    "method": "GET",
+                }
+            ]
+        )
+
+        line = stream.getvalue()
+        assert line.startswith(b"CEF:0|")
+        assert JWT.encode() not in line
+        assert 1 == len(line.splitlines())

@@ -45,7 +45,7 @@ from .verifiers import (
     WorkloadVerifier,
 )
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "STATE_KEY",

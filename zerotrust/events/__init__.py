@@ -10,21 +10,38 @@ import orjson
 
 from .access import SCHEMA_VERSION, build_access_event, format_timestamp, new_event_id
 from .emitter import EventEmitter
+from .formats import cef_format, ecs_format, json_format, ocsf_format
+from .http import ElasticsearchBulkSink, EventDeliveryError, SplunkHecSink, WebhookSink
 from .redaction import SECRET_KEYS, redact_secrets
 from .sinks import JsonLinesSink, MemorySink, Sink, StructlogSink, render_json
+from .sinks_file import RotatingFileSink
+from .sql import PostgresSink, SQLiteSink
+from .syslog import SyslogSink
 
 __all__ = [
     "SCHEMA_VERSION",
     "SECRET_KEYS",
+    "ElasticsearchBulkSink",
+    "EventDeliveryError",
     "EventEmitter",
     "JsonLinesSink",
     "MemorySink",
+    "PostgresSink",
+    "RotatingFileSink",
+    "SQLiteSink",
     "Sink",
+    "SplunkHecSink",
     "StructlogSink",
+    "SyslogSink",
+    "WebhookSink",
     "access_event_schema",
     "build_access_event",
+    "cef_format",
+    "ecs_format",
     "format_timestamp",
+    "json_format",
     "new_event_id",
+    "ocsf_format",
     "redact_secrets",
     "render_json",
 ]

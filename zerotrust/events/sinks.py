@@ -8,7 +8,7 @@ import io
 import os
 import sys
 import threading
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import IO, Any
 
 import orjson
@@ -46,9 +46,10 @@ class Sink(abc.ABC):
 
 class JsonLinesSink(Sink):
     """
-    Write events as JSON lines to a stream (standard error by default) or a file.
+    Write events as lines to a stream (standard error by default) or a file.
 
-    Each event passes through ``processors``, then `redact_secrets`, then `render_json`. These
+    Each event passes through ``processors``, then `redact_secrets`, then ``format`` (zerotrust
+    JSON by default; see `zerotrust.events.formats` for ECS, OCSF and CEF). These
     are ordinary structlog processors, so any processor written for structlog works here. The
     sink runs the chain itself rather than through a structlog ``BoundLogger``: for a ready-made
     event dict the logger adds nothing but about 5 µs per event. To send events through the
@@ -58,6 +59,8 @@ class JsonLinesSink(Sink):
         target: ``"stderr"``, ``"stdout"``, a file path (opened for appending), or a binary or
             text stream.
         processors: Extra structlog processors to run before redaction and rendering.
+        format: Renders one redacted event dict as bytes, such as
+            `zerotrust.events.formats.cef_format`; zerotrust JSON when ``None``.
     """
 
     name = "jsonl"
@@ -67,6 +70,7 @@ class JsonLinesSink(Sink):
         target: str | os.PathLike[str] | IO[Any] = "stderr",
         *,
         processors: Iterable[Processor] = (),
+        format: Callable[[dict[str, Any]], bytes | str] | None = None,
     ) -> None:
         self._owned = False
         self._lock = threading.Lock()
@@ -81,7 +85,14 @@ class JsonLinesSink(Sink):
             self._stream = target
 
         self.target = target
-        self.processors: tuple[Processor, ...] = (*processors, redact_secrets, render_json)
+        renderer: Processor = render_json
+        if format is not None:
+            event_format = format
+
+            def renderer(_logger: object, _method_name: str, event_dict: Any) -> Any:
+                return event_format(dict(event_dict))
+
+        self.processors: tuple[Processor, ...] = (*processors, redact_secrets, renderer)
 
     def render(self, event: dict[str, Any]) -> bytes:
         """Run the processor chain on a copy of one event and return the rendered line."""

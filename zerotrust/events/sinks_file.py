@@ -12,8 +12,9 @@ from typing import Any
 import structlog
 
 from ..exceptions import ConfigurationError
+from .formats import json_format
 from .redaction import redact_secrets
-from .sinks import Sink, render_json
+from .sinks import Sink
 
 __all__ = ["EventFormat", "RotatingFileSink", "format_event", "json_format"]
 
@@ -23,11 +24,6 @@ EventFormat = Callable[[dict[str, Any]], bytes]
 # Events may hold personal data (subjects, addresses), so new files are readable by the owner only.
 _FILE_MODE = 0o600
 _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-
-
-def json_format(event: dict[str, Any]) -> bytes:
-    """Render an event as one line of compact JSON, the default format of every sink."""
-    return render_json(None, "info", event)
 
 
 def format_event(
