@@ -8,6 +8,7 @@ import importlib.util
 import io
 import ipaddress
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,26 +19,42 @@ import pytest
 
 import zerotrust.events
 from zerotrust.cli import EXIT_FAILURE, EXIT_OK, main
-from zerotrust.demo import runner, script
-from zerotrust.demo.app import WORKSPACE_COUNTRIES, DemoClock
+from zerotrust.demo import _render_unwrapped, runner, script
+from zerotrust.demo.app import GRANT_ISSUER, REPORT_PATH, WORKSPACE_COUNTRIES, DemoClock
 from zerotrust.demo.client import _parse_response, send_raw_request
+from zerotrust.demo.grants import GrantSteps, StepOutcome, check_grant_events
 from zerotrust.demo.runner import DemoResult
 from zerotrust.demo.script import (
     AFTER_HOURS,
     ALLOWED_ADDRESS,
     FOREIGN_ADDRESS,
     IN_OFFICE_HOURS,
+    MintGrant,
     Probe,
+    RevokeGrant,
+    ScriptStep,
     build_script,
+    scripted_requests,
 )
 from zerotrust.geo import GeoIP2FastBackend
+from zerotrust.grants import GrantBroker, MemoryGrantStore, generate_signing_key
 from zerotrust.testing import TokenIssuer, serve
 
 pytestmark = pytest.mark.served
 
 # Every JWT starts with the base64url encoding of '{"', whatever its header holds.
 JWT_PREFIX = "eyJ"
-SCRIPTED_REQUESTS = 27
+SCRIPTED_REQUESTS = 33
+# The mint writes grant_requested, grant_approved and grant_minted, the verifier writes two
+# grant_used (see test_grant_used_only_when_allowed), and the revocation writes grant_revoked.
+GRANT_EVENTS = 5
+GRANT_EVENT_KINDS = {
+    "grant_requested",
+    "grant_approved",
+    "grant_minted",
+    "grant_used",
+    "grant_revoked",
+}
 # The demo aims at under 5 s; the bound leaves room for a busy test machine.
 MAX_WALL_SECONDS = 10.0
 
@@ -86,6 +103,32 @@ def outcome_for(result: DemoResult, reason: str) -> runner.Outcome:
     return outcome
 
 
+def grant_outcome(result: DemoResult, description: str) -> runner.Outcome:
+    """Return the outcome of the request that sent the grant, by its description."""
+    (outcome,) = [
+        outcome
+        for outcome in result.outcomes
+        if outcome.probe.sends_grant and outcome.probe.description == description
+    ]
+    return outcome
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def replaced(step: ScriptStep, **changes: Any) -> ScriptStep:
+    """Return a copy of a script step with ``changes``; any step type is accepted."""
+    return dataclasses.replace(step, **changes)
+
+
+def probe_index(steps: list[ScriptStep], condition: Any) -> int:
+    """Return the index of the first request in ``steps`` for which ``condition`` is true."""
+    return next(
+        index for index, step in enumerate(steps) if isinstance(step, Probe) and condition(step)
+    )
+
+
 @pytest.fixture(name="demo_run", scope="module")
 def fixture_demo_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
     """One full run of ``zerotrust demo``, shared by the tests that only read its output."""
@@ -110,21 +153,24 @@ class TestDemoCommand:
             assert expected == actual, f"request {number}: {probe.method} {probe.target}"
 
     def test_events_file_lines(self, demo_run: DemoRun) -> None:
-        """The events file has one JSON object with a decision per request."""
-        lines = demo_run.events_path.read_text().splitlines()
+        """The events file has one access event per request and the grant events."""
+        events = read_events(demo_run.events_path)
         (result,) = demo_run.results
+        access = [event for event in events if event.get("event") == "access"]
+        grants = [event for event in events if event.get("event") in GRANT_EVENT_KINDS]
 
-        assert len(result.outcomes) == len(lines)
-        for line in lines:
-            event = json.loads(line)
-            assert isinstance(event, dict)
+        assert len(result.outcomes) == len(access)
+        assert GRANT_EVENTS == len(grants)
+        assert len(events) == len(access) + len(grants)
+        for event in access:
             assert event["decision"] in ("allow", "deny")
 
     def test_events_match_requests(self, demo_run: DemoRun) -> None:
-        """Each request id the demo sent appears once in the events file."""
-        events = [json.loads(line) for line in demo_run.events_path.read_text().splitlines()]
-        request_ids = [event["request_id"] for event in events]
+        """Each request id the demo sent appears in exactly one access event."""
+        events = read_events(demo_run.events_path)
+        request_ids = [event["request_id"] for event in events if event["event"] == "access"]
 
+        assert SCRIPTED_REQUESTS == len(set(request_ids))
         assert len(request_ids) == len(set(request_ids))
         assert all(request_id.startswith("demo-") for request_id in request_ids)
 
@@ -151,6 +197,17 @@ class TestDemoCommand:
 
         assert tokens <= set(result.secrets)
 
+    def test_grant_token_searched(self, demo_run: DemoRun) -> None:
+        """The leak checks searched for the grant token and its signature."""
+        (result,) = demo_run.results
+        tokens = {outcome.probe.grant_token for outcome in result.outcomes}
+        tokens.discard(None)
+        (token,) = tokens
+        assert token is not None
+
+        assert token in result.secrets
+        assert token.rpartition(".")[2] in result.secrets
+
     def test_device_assertions_searched(self, demo_run: DemoRun) -> None:
         """The leak check searched for every device assertion the script sent."""
         (result,) = demo_run.results
@@ -174,13 +231,15 @@ class TestDemoCommand:
         """The report gives the totals, the events file, the event count and the checks."""
         output = demo_run.stdout
 
-        assert "6 allow, 21 deny" in output
+        assert "7 allow, 26 deny" in output
         assert "Denial reasons" in output
         assert str(demo_run.events_path) in output
-        assert "27 events written for 27 requests" in output
+        assert "33 access events written for 33 requests" in output
+        assert "grant events: 5 grant events as expected" in output
         assert "no token in the events file" in output
         assert "no token in the printed output" in output
-        assert output.rstrip().splitlines()[-1].startswith("PASS: 27 of 27 requests")
+        assert output.rstrip().splitlines()[-1].startswith("PASS: 33 of 33 requests")
+        assert "2 of 2 grant steps done" in output
 
     def test_wall_time(self, demo_run: DemoRun) -> None:
         """The report gives the run's wall time and the time spent loading the geo data."""
@@ -246,6 +305,216 @@ class TestDemoCommand:
         assert "invalid" != result.schema_check.status, result.schema_check.detail
         assert f"schema {result.schema_check.status}" in demo_run.stdout
 
+    def test_schema_covers_access_events(self, demo_run: DemoRun) -> None:
+        """Only the access events are validated, and every one of them is."""
+        (result,) = demo_run.results
+        if result.schema_check.status == "skipped":
+            pytest.skip(result.schema_check.detail)
+
+        assert "33 access events match the access event schema" == result.schema_check.detail
+        assert {"access"} == {event["event"] for event in result.events}
+
+
+class TestDemoGrant:
+    def test_table_order(self, demo_run: DemoRun) -> None:
+        """The grant steps appear as rows between the requests they separate."""
+        numbers = [
+            match.group(1)
+            for line in demo_run.stdout.splitlines()
+            if (match := re.match(r"\s*(\d+|step)\s{2,}(GET|POST|GRANT|REVOKE)\b", line))
+        ]
+
+        assert [str(number) for number in range(1, 29)] == numbers[:28]
+        assert ["step", "29", "30", "31", "32", "step", "33"] == numbers[28:]
+
+    def test_step_rows(self, demo_run: DemoRun) -> None:
+        """The mint and revoke rows name the grant id and send no request."""
+        (result,) = demo_run.results
+        grant = result.steps[0].grant
+        assert grant is not None
+        lines = _render_unwrapped(result).splitlines()
+        (mint_line,) = [line for line in lines if "GRANT reader: GET /admin/reports/daily" in line]
+        (revoke_line,) = [line for line in lines if "REVOKE reader's grant" in line]
+
+        for line in (mint_line, revoke_line):
+            assert f"grant_id={grant.grant_id}" in line
+            assert "no request" in line
+            assert line.lstrip().startswith("step")
+
+    def test_steps_succeed(self, demo_run: DemoRun) -> None:
+        """The runner minted the grant after request 28 and revoked it after request 32."""
+        (result,) = demo_run.results
+        mint, revoke = result.steps
+
+        assert (True, True) == (mint.matched, revoke.matched)
+        assert (28, 32) == (mint.after_request, revoke.after_request)
+        assert isinstance(mint.step, MintGrant)
+        assert isinstance(revoke.step, RevokeGrant)
+
+    def test_two_person_rule(self, demo_run: DemoRun) -> None:
+        """The reader requested their own grant, and admin approved it."""
+        (result,) = demo_run.results
+        grant = result.steps[0].grant
+        assert grant is not None
+
+        assert "reader" == grant.subject
+        assert "reader" == grant.requested_by
+        assert "admin" == grant.approved_by
+        assert ("GET",) == grant.methods
+        assert (REPORT_PATH,) == grant.paths
+
+    def test_revoked_grant(self, demo_run: DemoRun) -> None:
+        """The revoke step returned the same grant, revoked by admin."""
+        (result,) = demo_run.results
+        mint, revoke = result.steps
+        assert mint.grant is not None
+        assert revoke.grant is not None
+
+        assert mint.grant.grant_id == revoke.grant.grant_id
+        assert "admin" == revoke.grant.revoked_by
+        assert revoke.grant.revoked_at is not None
+
+    def test_denied_before_grant(self, demo_run: DemoRun) -> None:
+        """Without a grant, the reader gets 403 insufficient_role on the report."""
+        (result,) = demo_run.results
+        (outcome,) = [
+            outcome
+            for outcome in result.outcomes
+            if outcome.probe.target == REPORT_PATH and not outcome.probe.sends_grant
+        ]
+
+        assert (403, "insufficient_role") == (outcome.status, outcome.reason)
+        assert outcome.probe.grant_token is None
+
+    def test_allowed_with_grant(self, demo_run: DemoRun) -> None:
+        """With the grant, the reader reads the report and the event records the grant id."""
+        (result,) = demo_run.results
+        grant = result.steps[0].grant
+        assert grant is not None
+        outcome = grant_outcome(result, "reader with the grant")
+        assert outcome.event is not None
+
+        assert (200, "allow") == (outcome.status, outcome.decision)
+        assert grant.grant_id == outcome.facts["grant_id"]
+        assert "reader" == outcome.event["subject"]
+        assert "admin" == outcome.event["segment"]
+
+    @pytest.mark.parametrize(
+        ("description", "reason"),
+        [
+            ("reader's grant on a path it does not cover", "grant_path_not_covered"),
+            ("reader's grant with a method it does not cover", "grant_method_not_covered"),
+            ("writer presents the reader's grant", "subject_binding_mismatch"),
+            ("reader with the revoked grant", "grant_revoked"),
+        ],
+    )
+    def test_grant_denials(self, demo_run: DemoRun, description: str, reason: str) -> None:
+        """Each misuse of the grant is denied with 403 and the grant's reason code."""
+        (result,) = demo_run.results
+        grant = result.steps[0].grant
+        assert grant is not None
+        outcome = grant_outcome(result, description)
+
+        assert (403, "deny", reason) == (outcome.status, outcome.decision, outcome.reason)
+        assert grant.grant_id == outcome.facts["grant_id"]
+
+    def test_other_subject_recorded(self, demo_run: DemoRun) -> None:
+        """The event of the stolen grant records the writer, who presented it."""
+        (result,) = demo_run.results
+        event = grant_outcome(result, "writer presents the reader's grant").event
+        assert event is not None
+
+        assert "writer" == event["subject"]
+
+    def test_grant_events_in_file(self, demo_run: DemoRun) -> None:
+        """The events file has each kind of grant event, all for the minted grant."""
+        (result,) = demo_run.results
+        grant = result.steps[0].grant
+        assert grant is not None
+        events = [
+            event
+            for event in read_events(demo_run.events_path)
+            if event["event"] in GRANT_EVENT_KINDS
+        ]
+
+        assert GRANT_EVENT_KINDS == {event["event"] for event in events}
+        assert {grant.grant_id} == {event["grant_id"] for event in events}
+        assert {"reader"} == {event["subject"] for event in events}
+
+    def test_grant_event_order(self, demo_run: DemoRun) -> None:
+        """Grant events and access events are written in the order they happened."""
+        kinds = [
+            event["event"]
+            for event in read_events(demo_run.events_path)
+            if event["event"] != "access"
+        ]
+
+        assert [
+            "grant_requested",
+            "grant_approved",
+            "grant_minted",
+            "grant_used",
+            "grant_revoked",
+        ] == kinds
+
+    def test_grant_used_names_request(self, demo_run: DemoRun) -> None:
+        """The allowed request with the grant has a grant_used event with its request id."""
+        (result,) = demo_run.results
+        event = grant_outcome(result, "reader with the grant").event
+        assert event is not None
+        used = [e for e in result.grant_events if e["event"] == "grant_used"]
+
+        assert event["request_id"] in {e["request_id"] for e in used}
+
+    def test_grant_used_only_when_allowed(self, demo_run: DemoRun) -> None:
+        """grant_used events name only requests that the grant let through."""
+        (result,) = demo_run.results
+        allowed = {
+            outcome.event["request_id"]
+            for outcome in result.outcomes
+            if outcome.probe.sends_grant and outcome.decision == "allow" and outcome.event
+        }
+        used = {e["request_id"] for e in result.grant_events if e["event"] == "grant_used"}
+
+        assert allowed == used
+
+    def test_minted_event_issuer(self, demo_run: DemoRun) -> None:
+        """The grant_minted event names the demo broker as issuer."""
+        (result,) = demo_run.results
+        (minted,) = [e for e in result.grant_events if e["event"] == "grant_minted"]
+
+        assert GRANT_ISSUER == minted["issuer"]
+        assert "read the daily report for the access review" == minted["reason"]
+
+    def test_no_grant_token_in_events(self, demo_run: DemoRun) -> None:
+        """No grant event contains the grant token, its signature or any JWT."""
+        (result,) = demo_run.results
+        (token,) = {o.probe.grant_token for o in result.outcomes if o.probe.grant_token}
+        text = demo_run.events_path.read_text()
+
+        assert token not in text
+        assert token.rpartition(".")[2] not in text
+        assert JWT_PREFIX not in text
+
+    def test_no_grant_token_in_output(self, demo_run: DemoRun) -> None:
+        """The grant token is not printed, not even folded across table cells."""
+        (result,) = demo_run.results
+        (token,) = {o.probe.grant_token for o in result.outcomes if o.probe.grant_token}
+        unwrapped = _render_unwrapped(result)
+
+        assert token not in demo_run.stdout + demo_run.stderr
+        assert token not in unwrapped
+        assert token.rpartition(".")[2] not in unwrapped
+
+    def test_grant_summary(self, demo_run: DemoRun) -> None:
+        """The report lists the grant events by kind."""
+        output = demo_run.stdout
+
+        assert "Grant events" in output
+        for kind in GRANT_EVENT_KINDS:
+            assert kind in output
+        assert re.search(r"grant_used\s+1", output)
+
 
 class TestDemoRuns:
     def test_console_script_quiet(self, tmp_path: Path) -> None:
@@ -270,9 +539,9 @@ class TestDemoRuns:
     def test_mismatch_exits_with_1(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """A request whose outcome differs from the script makes the demo exit with 1."""
 
-        def wrong_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Probe]:
+        def wrong_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
             probes = build_script(issuer, device_agent)
-            probes[0] = dataclasses.replace(probes[0], expected_status=418)
+            probes[0] = replaced(probes[0], expected_status=418)
             return probes
 
         monkeypatch.setattr(runner, "build_script", wrong_script)
@@ -281,19 +550,15 @@ class TestDemoRuns:
 
         assert EXIT_FAILURE == status
         assert "✗" in stdout
-        assert stdout.rstrip().splitlines()[-1].startswith("FAIL: 26 of 27 requests")
+        assert stdout.rstrip().splitlines()[-1].startswith("FAIL: 32 of 33 requests")
 
     def test_missing_fact_fails(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """An expected fact that the event does not record makes the request a mismatch."""
 
-        def wrong_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Probe]:
+        def wrong_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
             probes = build_script(issuer, device_agent)
-            index = next(
-                number
-                for number, probe in enumerate(probes)
-                if probe.expected_facts.get("country") == "US"
-            )
-            probes[index] = dataclasses.replace(probes[index], expected_facts={"country": "FR"})
+            index = probe_index(probes, lambda probe: probe.expected_facts.get("country") == "US")
+            probes[index] = replaced(probes[index], expected_facts={"country": "FR"})
             return probes
 
         monkeypatch.setattr(runner, "build_script", wrong_script)
@@ -301,16 +566,16 @@ class TestDemoRuns:
         status, stdout, _ = run_main(["demo", "--events", str(tmp_path / "events.jsonl")])
 
         assert EXIT_FAILURE == status
-        assert "FAIL: 26 of 27 requests" in stdout
+        assert "FAIL: 32 of 33 requests" in stdout
 
     def test_mismatch_quiet_names_request(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """With --quiet, a request that did not go as scripted is printed with both outcomes."""
 
-        def wrong_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Probe]:
+        def wrong_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
             probes = build_script(issuer, device_agent)
-            probes[5] = dataclasses.replace(probes[5], expected_reason="token_expired")
+            probes[5] = replaced(probes[5], expected_reason="token_expired")
             return probes
 
         monkeypatch.setattr(runner, "build_script", wrong_script)
@@ -329,11 +594,12 @@ class TestDemoRuns:
     ) -> None:
         """A token printed in the table, even folded across lines, fails the run."""
 
-        def leaking_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Probe]:
+        def leaking_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
             probes = build_script(issuer, device_agent)
-            token = probes[1].token
-            assert token is not None
-            probes[1] = dataclasses.replace(probes[1], description=f"token {token}")
+            probe = probes[1]
+            assert isinstance(probe, Probe)
+            assert probe.token is not None
+            probes[1] = dataclasses.replace(probe, description=f"token {probe.token}")
             return probes
 
         monkeypatch.setattr(runner, "build_script", leaking_script)
@@ -342,18 +608,20 @@ class TestDemoRuns:
 
         assert EXIT_FAILURE == status
         assert "token strings found in the output" in stdout
-        assert "FAIL: 27 of 27 requests" in stdout
+        assert "FAIL: 33 of 33 requests" in stdout
 
     def test_device_assertion_in_output_detected(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A device assertion printed in the table fails the run like a bearer token."""
 
-        def leaking_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Probe]:
+        def leaking_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
             probes = build_script(issuer, device_agent)
-            index = next(number for number, probe in enumerate(probes) if probe.device_assertion)
-            assertion = probes[index].device_assertion
-            probes[index] = dataclasses.replace(probes[index], description=f"posture {assertion}")
+            index = probe_index(probes, lambda probe: probe.device_assertion is not None)
+            probe = probes[index]
+            assert isinstance(probe, Probe)
+            description = f"posture {probe.device_assertion}"
+            probes[index] = dataclasses.replace(probe, description=description)
             return probes
 
         monkeypatch.setattr(runner, "build_script", leaking_script)
@@ -362,6 +630,48 @@ class TestDemoRuns:
 
         assert EXIT_FAILURE == status
         assert "token strings found in the output" in stdout
+
+    def test_grant_token_in_output_detected(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A grant token printed in the table fails the run like a bearer token."""
+        prepare = GrantSteps.prepare
+
+        def leaking_prepare(self: GrantSteps, probe: Probe) -> Probe:
+            prepared = prepare(self, probe)
+            if prepared.grant_token is None:
+                return prepared
+            return dataclasses.replace(prepared, description=f"grant {prepared.grant_token}")
+
+        monkeypatch.setattr(GrantSteps, "prepare", leaking_prepare)
+
+        status, stdout, _ = run_main(["demo", "--events", str(tmp_path / "events.jsonl")])
+
+        assert EXIT_FAILURE == status
+        assert "token strings found in the output" in stdout
+        assert "FAIL: 33 of 33 requests" in stdout
+
+    def test_failed_mint_exits_with_1(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A mint step the broker rejects fails the run and is printed with --quiet."""
+
+        def self_approved(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
+            steps = build_script(issuer, device_agent)
+            index = next(i for i, step in enumerate(steps) if isinstance(step, MintGrant))
+            steps[index] = replaced(steps[index], approver="reader")
+            return steps
+
+        monkeypatch.setattr(runner, "build_script", self_approved)
+
+        status, stdout, _ = run_main(
+            ["demo", "--quiet", "--events", str(tmp_path / "events.jsonl")]
+        )
+
+        assert EXIT_FAILURE == status
+        assert "self_approval" in stdout
+        assert "no grant to send" in stdout
+        assert "0 of 2 grant steps done" in stdout
 
     def test_append_counts_own_events(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -373,8 +683,10 @@ class TestDemoRuns:
             second, _, _ = run_main(["demo", "--quiet", "--events", str(events_path)])
 
         assert (EXIT_OK, EXIT_OK) == (first, second)
-        assert 2 * SCRIPTED_REQUESTS == len(events_path.read_text().splitlines())
+        lines = events_path.read_text().splitlines()
+        assert 2 * (SCRIPTED_REQUESTS + GRANT_EVENTS) == len(lines)
         assert SCRIPTED_REQUESTS == len(results[1].events)
+        assert GRANT_EVENTS == len(results[1].grant_events)
 
     def test_schema_unavailable(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """When the schema cannot be loaded, validation is skipped with a visible message."""
@@ -435,7 +747,8 @@ class TestGeoAddresses:
 class TestScript:
     def test_reason_codes(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
         """The script covers each denial the demo is meant to show."""
-        reasons = {probe.expected_reason for probe in build_script(issuer, device_agent)}
+        probes = scripted_requests(build_script(issuer, device_agent))
+        reasons = {probe.expected_reason for probe in probes}
 
         assert {
             None,
@@ -457,17 +770,49 @@ class TestScript:
             "subject_binding_mismatch",
             "country_not_allowed",
             "outside_time_window",
+            "grant_path_not_covered",
+            "grant_method_not_covered",
+            "grant_revoked",
         } == reasons
 
     def test_request_count(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
         """The script has the number of requests the report tests count on."""
-        assert SCRIPTED_REQUESTS == len(build_script(issuer, device_agent))
+        assert SCRIPTED_REQUESTS == len(scripted_requests(build_script(issuer, device_agent)))
+
+    def test_grant_steps(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
+        """The script mints one grant, then revokes it before the last request."""
+        steps = build_script(issuer, device_agent)
+        kinds = [type(step).__name__ for step in steps if not isinstance(step, Probe)]
+
+        assert ["MintGrant", "RevokeGrant"] == kinds
+        assert isinstance(steps[-1], Probe)
+        assert isinstance(steps[-2], RevokeGrant)
+
+    def test_grant_requests_follow_mint(
+        self, issuer: TokenIssuer, device_agent: TokenIssuer
+    ) -> None:
+        """Every request that sends the grant comes after the mint step."""
+        steps = build_script(issuer, device_agent)
+        mint = next(i for i, step in enumerate(steps) if isinstance(step, MintGrant))
+        senders = [
+            i for i, step in enumerate(steps) if isinstance(step, Probe) and step.sends_grant
+        ]
+
+        assert 5 == len(senders)
+        assert all(index > mint for index in senders)
+
+    def test_mint_two_person_rule(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
+        """The mint step's approver is neither the requester nor the subject."""
+        (mint,) = [s for s in build_script(issuer, device_agent) if isinstance(s, MintGrant)]
+
+        assert mint.approver not in (mint.requested_by, mint.subject)
+        assert mint.reason
 
     def test_workspace_context(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
         """Every workspace request sets a forwarded client address and a clock instant."""
         probes = [
             probe
-            for probe in build_script(issuer, device_agent)
+            for probe in scripted_requests(build_script(issuer, device_agent))
             if probe.target.startswith("/workspace/")
         ]
 
@@ -482,7 +827,7 @@ class TestScript:
         """Only the network and workspace requests send X-Forwarded-For."""
         forwarded = [
             probe.expected_reason or "allow"
-            for probe in build_script(issuer, device_agent)
+            for probe in scripted_requests(build_script(issuer, device_agent))
             if probe.forwarded_for is not None and not probe.target.startswith("/workspace/")
         ]
 
@@ -490,7 +835,7 @@ class TestScript:
 
     def test_device_assertion_claims(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
         """Assertions come from the device agent, bound to alice except for bob's device."""
-        probes = build_script(issuer, device_agent)
+        probes = scripted_requests(build_script(issuer, device_agent))
         assertions = {probe.device_assertion for probe in probes if probe.device_assertion}
         claims = [json.loads(decode(assertion.split(".")[1])) for assertion in assertions]
 
@@ -499,7 +844,7 @@ class TestScript:
 
     def test_path_tricks(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
         """The raw path tricks are in the script exactly as they go on the wire."""
-        targets = {probe.target for probe in build_script(issuer, device_agent)}
+        targets = {probe.target for probe in scripted_requests(build_script(issuer, device_agent))}
 
         assert {
             "/api/../admin/users",
@@ -535,6 +880,174 @@ class TestScript:
         """A probe without an expected reason expects an allow, any other a deny."""
         assert "allow" == Probe("GET", "/", "root", None, 200).expected_decision
         assert "deny" == Probe("GET", "/", "root", None, 403, "no_segment").expected_decision
+
+
+class TestGrantSteps:
+    @pytest.fixture(name="broker")
+    def fixture_broker(self) -> GrantBroker:
+        """A broker with the two-person rule, like the demo's, without events."""
+        return GrantBroker(
+            signing_key=generate_signing_key(),
+            store=MemoryGrantStore(),
+            issuer=GRANT_ISSUER,
+            require_approval=True,
+        )
+
+    @staticmethod
+    def mint_step(**changes: Any) -> MintGrant:
+        step = MintGrant(
+            "mint",
+            subject="reader",
+            segment="admin",
+            methods=("GET",),
+            paths=(REPORT_PATH,),
+            reason="review",
+            requested_by="reader",
+            approver="admin",
+        )
+        return dataclasses.replace(step, **changes)
+
+    def test_prepare_sets_grant(self, broker: GrantBroker) -> None:
+        """A probe that sends the grant gets its token and expects its id as a fact."""
+        steps = GrantSteps(broker)
+        outcome = steps.run(self.mint_step(), after_request=3)
+        assert outcome.grant is not None
+        probe = Probe("GET", REPORT_PATH, "report", "token", 200, sends_grant=True)
+
+        prepared = steps.prepare(probe)
+
+        assert steps.tokens == (prepared.grant_token,)
+        assert {"grant_id": outcome.grant.grant_id} == prepared.expected_facts
+        assert 3 == outcome.after_request
+
+    def test_prepare_leaves_other_probes(self, broker: GrantBroker) -> None:
+        """A probe that sends no grant is returned unchanged."""
+        steps = GrantSteps(broker)
+        steps.run(self.mint_step(), after_request=0)
+        probe = Probe("GET", "/healthz", "health", None, 200)
+
+        assert probe is steps.prepare(probe)
+
+    def test_prepare_without_mint(self, broker: GrantBroker) -> None:
+        """A probe that needs a grant before any mint raises LookupError."""
+        probe = Probe("GET", REPORT_PATH, "report", "token", 200, sends_grant=True)
+
+        with pytest.raises(LookupError, match="no grant was minted"):
+            GrantSteps(broker).prepare(probe)
+
+    def test_self_approval_recorded(self, broker: GrantBroker) -> None:
+        """A mint the broker rejects becomes a failed outcome with the reason code."""
+        steps = GrantSteps(broker)
+
+        outcome = steps.run(self.mint_step(approver="reader"), after_request=0)
+
+        assert not outcome.matched
+        assert outcome.grant is None
+        assert outcome.error is not None
+        assert outcome.error.startswith("self_approval: ")
+        assert () == steps.tokens
+
+    def test_revoke_without_mint(self, broker: GrantBroker) -> None:
+        """Revoking before any mint is a failed outcome, not an exception."""
+        outcome = GrantSteps(broker).run(RevokeGrant("revoke", "admin", "done"), after_request=0)
+
+        assert not outcome.matched
+        assert outcome.error is not None
+        assert outcome.error.startswith("grant_not_found: ")
+
+    def test_revoke_twice(self, broker: GrantBroker) -> None:
+        """A second revocation of the same grant fails with grant_already_revoked."""
+        steps = GrantSteps(broker)
+        steps.run(self.mint_step(), after_request=0)
+        first = steps.run(RevokeGrant("revoke", "admin", "done"), after_request=1)
+
+        second = steps.run(RevokeGrant("revoke", "admin", "again"), after_request=1)
+
+        assert first.matched
+        assert second.error is not None
+        assert second.error.startswith("grant_already_revoked: ")
+
+
+class TestCheckGrantEvents:
+    @staticmethod
+    def run_steps() -> tuple[list[StepOutcome], list[dict[str, Any]]]:
+        """Mint and revoke one grant with a broker that records its events in memory."""
+        events: list[dict[str, Any]] = []
+
+        class ListEmitter:
+            def emit(self, event: dict[str, Any]) -> None:
+                events.append(event)
+
+        broker = GrantBroker(
+            signing_key=generate_signing_key(),
+            store=MemoryGrantStore(),
+            events=ListEmitter(),  # type: ignore[arg-type]
+            require_approval=True,
+        )
+        steps = GrantSteps(broker)
+        outcomes = [
+            steps.run(TestGrantSteps.mint_step(), after_request=0),
+            steps.run(RevokeGrant("revoke", "admin", "done"), after_request=1),
+        ]
+        used = {"event": "grant_used", "grant_id": events[0]["grant_id"], "request_id": "r1"}
+        events.insert(3, used)
+        return outcomes, events
+
+    def test_expected_events_pass(self) -> None:
+        """The events of one mint, one use and one revocation pass."""
+        steps, events = self.run_steps()
+
+        check = check_grant_events(
+            events, steps, allowed_request_ids=["r1"], grant_request_ids=["r1", "r2"]
+        )
+
+        assert check.passed, check.detail
+        assert "5 grant events as expected" == check.detail
+        assert 1 == check.counts["grant_revoked"]
+
+    def test_missing_revocation(self) -> None:
+        """A missing grant_revoked event fails the check and is named."""
+        steps, events = self.run_steps()
+        events = [event for event in events if event["event"] != "grant_revoked"]
+
+        check = check_grant_events(
+            events, steps, allowed_request_ids=["r1"], grant_request_ids=["r1"]
+        )
+
+        assert not check.passed
+        assert "grant_revoked: expected 1, got 0" == check.detail
+
+    def test_missing_use(self) -> None:
+        """An allowed request without a grant_used event fails the check."""
+        steps, events = self.run_steps()
+
+        check = check_grant_events(
+            events, steps, allowed_request_ids=["r1", "r9"], grant_request_ids=["r1", "r9"]
+        )
+
+        assert not check.passed
+        assert "no grant_used event for requests r9" == check.detail
+
+    def test_use_by_other_request(self) -> None:
+        """A grant_used event for a request that was not allowed fails the check."""
+        steps, events = self.run_steps()
+
+        check = check_grant_events(events, steps, allowed_request_ids=[], grant_request_ids=[])
+
+        assert not check.passed
+        assert "grant_used events for requests that were not allowed: r1" == check.detail
+
+    def test_foreign_grant(self) -> None:
+        """A grant event for a grant the run did not mint fails the check."""
+        steps, events = self.run_steps()
+        events[0] = {**events[0], "grant_id": "0" * 32}
+
+        check = check_grant_events(
+            events, steps, allowed_request_ids=["r1"], grant_request_ids=["r1"]
+        )
+
+        assert not check.passed
+        assert "1 grant events name a grant_id that this run did not mint" == check.detail
 
 
 class TestRawClient:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from starlette.datastructures import Headers
 
 from zerotrust import JWTVerifier, Segment, ZeroTrustMiddleware
+from zerotrust.engine import Decision, VerdictRecord
 from zerotrust.events import EventEmitter, MemorySink
 from zerotrust.exceptions import ConfigurationError, InsecureConfigurationWarning
 from zerotrust.grants import (
@@ -84,6 +85,15 @@ async def judge(verifier: GrantVerifier, request: AccessRequest) -> Verdict:
     verdict = verifier.verify_cached(request, ADMIN)
     if verdict is None:
         verdict = await verifier.verify(request, ADMIN)
+    return verdict
+
+
+async def judge_allowed(verifier: GrantVerifier, request: AccessRequest) -> Verdict:
+    """Judge a request, then report it allowed, as the engine does once every check passed."""
+    verdict = await judge(verifier, request)
+    record = VerdictRecord(verifier.name, verifier.kind, verdict.outcome, None, None, 0.0, verdict)
+    decision = Decision(True, 200, (), ADMIN.segment, "enforce", None, (record,))
+    verifier.after_decision(request, decision)
     return verdict
 
 
@@ -459,7 +469,7 @@ class TestGrantUsedEvents:
         issued = mint(broker)
 
         with capture_events() as events:
-            await judge(verifier, make_request(issued.token))
+            await judge_allowed(verifier, make_request(issued.token))
 
         (event,) = events
         assert "grant_used" == event["event"]
@@ -481,7 +491,7 @@ class TestGrantUsedEvents:
 
         with capture_events() as events:
             for offset in (0, 10, 20, 30, 61):
-                await judge(verifier, make_request(issued.token, at=NOW + offset))
+                await judge_allowed(verifier, make_request(issued.token, at=NOW + offset))
 
         assert [1, 4] == [event["uses"] for event in events]
 
@@ -496,7 +506,7 @@ class TestGrantUsedEvents:
 
         with capture_events() as events:
             for _ in range(3):
-                await judge(verifier, make_request(issued.token))
+                await judge_allowed(verifier, make_request(issued.token))
 
         assert 3 == len(events)
 
@@ -718,6 +728,7 @@ class TestGrantMiddleware:
             HEADER: issued.token,
         }
         revoked = asyncio.Event()
+        first_allowed = asyncio.Event()
         transport = httpx.ASGITransport(app=app)
 
         async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as client:
@@ -726,10 +737,14 @@ class TestGrantMiddleware:
                 await asyncio.sleep(index * 0.0005)
                 after = revoked.is_set()
                 response = await client.get("/admin/users", headers=headers)
+                if response.status_code == 200:
+                    first_allowed.set()
                 return after, response.status_code
 
             async def revoke() -> None:
-                await asyncio.sleep(0.02)
+                # Revoke while requests are in flight, after at least one was allowed, so the
+                # test sees both sides however slow the machine is.
+                await asyncio.wait_for(first_allowed.wait(), timeout=30)
                 await asyncio.to_thread(broker.revoke, issued.grant.grant_id, revoked_by="alice")
                 revoked.set()
 
@@ -755,3 +770,26 @@ def mint_live(broker: GrantBroker) -> IssuedGrant:
         reason="INC-42",
         requested_by="bob",
     )
+
+
+class TestGrantUseAudit:
+    async def test_no_use_recorded_for_denied_request(self, issuer: TokenIssuer) -> None:
+        """A grant presented by another subject is denied and records no grant_used event."""
+        store = MemoryGrantStore()
+        broker = GrantBroker(signing_key=SIGNING_KEY, store=store)
+        emitter = EventEmitter([MemorySink()])
+        app = admin_app(issuer, broker, store, MemorySink(), events=emitter)
+        issued = mint_live(broker)
+        headers = {
+            "authorization": f"Bearer {issuer.token('mallory', alg='ES256')}",
+            HEADER: issued.token,
+        }
+        transport = httpx.ASGITransport(app=app)
+
+        with capture_events() as events:
+            async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as client:
+                response = await client.get("/admin/users", headers=headers)
+
+        assert 403 == response.status_code
+        assert [] == [event for event in events if event["event"] == "grant_used"]
+        emitter.close()

@@ -102,6 +102,15 @@ class Engine:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self._contexts = {segment: VerificationContext(segment) for segment in policy.segments}
+        # Only verifiers that override after_decision are called, so the others cost nothing.
+        self._observers = {
+            segment: tuple(
+                verifier
+                for verifier in segment.verifiers
+                if type(verifier).after_decision is not Verifier.after_decision
+            )
+            for segment in policy.segments
+        }
 
     async def decide(self, request: AccessRequest) -> Decision:
         """Decide one request; verifier exceptions and timeouts become failed verdicts."""
@@ -113,8 +122,18 @@ class Engine:
             return deny("no_segment")
 
         records = await self._run_verifiers(segment, request)
+        decision = _evaluate(segment, request, records)
+        for verifier in self._observers[segment]:
+            try:
+                verifier.after_decision(request, decision)
+            except Exception:
+                logger.exception(
+                    "after_decision of verifier %r failed for request %s",
+                    verifier.name,
+                    request.request_id,
+                )
 
-        return _evaluate(segment, request, records)
+        return decision
 
     async def _run_verifiers(
         self, segment: Segment, request: AccessRequest

@@ -25,12 +25,15 @@ ZeroTrustMiddleware, both on a loopback address. Then send a scripted set of HTT
 (valid, expired, forged and unsigned tokens, missing scopes and roles, path tricks) and
 compare each decision with the expected one. A workspace segment also checks a signed device
 posture assertion, the client's country (from X-Forwarded-For, which the app trusts from
-loopback) and office hours, judged on a clock the demo sets for each request. The access
-events are appended to a JSON lines file, checked against the access event JSON Schema, and
-searched for leaked tokens and device assertions.
+loopback) and office hours, judged on a clock the demo sets for each request. Finally, the
+demo mints a just-in-time grant that lets a user without the admin role read one admin report,
+shows where the grant does not reach, and revokes it. The access events and the grant events
+are appended to one JSON lines file. The access events are checked against the access event
+JSON Schema, the grant events are counted by kind, and the file is searched for leaked tokens,
+device assertions and grant tokens.
 
-Exit status: 0 when every request got the expected status and reason and the events file
-passed every check, 1 otherwise, 2 on a usage error."""
+Exit status: 0 when every request got the expected status and reason, every grant step
+succeeded and the events file passed every check, 1 otherwise, 2 on a usage error."""
 
 DEFAULT_EVENTS_PATH = Path("zerotrust-demo-events.jsonl")
 _PIPED_WIDTH = 120
@@ -44,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=DEFAULT_EVENTS_PATH,
         metavar="PATH",
-        help="JSON lines file the access events are appended to (default: %(default)s)",
+        help="JSON lines file the access and grant events are appended to (default: %(default)s)",
     )
     parser.add_argument(
         "--port",
@@ -122,6 +125,13 @@ def run(args: argparse.Namespace) -> int:
                     f"request {number} {probe.method} {probe.target}: expected "
                     f"{probe.expected_status} {probe.expected_reason or 'allow'}, got "
                     f"{outcome.status} {outcome.reason or outcome.decision or outcome.error}",
+                    markup=False,
+                    soft_wrap=True,
+                )
+        for step in result.steps:
+            if not step.matched:
+                console.print(
+                    f"grant step {step.step.description!r}: {step.error}",
                     markup=False,
                     soft_wrap=True,
                 )

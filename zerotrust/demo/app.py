@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from ..asgi import ZeroTrustMiddleware, get_access
 from ..events import EventEmitter, Sink
+from ..grants import GrantStore, GrantVerifier
 from ..policy import Segment
 from ..verifiers import (
     DeviceVerifier,
@@ -31,8 +32,10 @@ from ..verifiers import (
 __all__ = [
     "AUDIENCE",
     "DEVICE_AUDIENCE",
+    "GRANT_ISSUER",
     "OFFICE_HOURS",
     "OFFICE_TIME_ZONE",
+    "REPORT_PATH",
     "TRUSTED_PROXIES",
     "WORKSPACE_COUNTRIES",
     "DemoApp",
@@ -49,6 +52,9 @@ OFFICE_TIME_ZONE = ZoneInfo("Europe/Berlin")
 # Both servers listen on loopback, so the scripted client is the only proxy hop there is.
 TRUSTED_PROXIES = ("127.0.0.1", "::1")
 MAX_POSTURE_AGE = 3600.0
+GRANT_ISSUER = "zerotrust-demo-grants"
+# In the admin area, so only the admin role or a just-in-time grant opens it.
+REPORT_PATH = "/admin/reports/daily"
 
 
 class DemoClock:
@@ -95,13 +101,18 @@ def build_segments(
     device_keys: Mapping[str, Any],
     clock: DemoClock,
     geo: GeoVerifier,
+    grant_keys: Mapping[str, Any],
+    grant_store: GrantStore,
+    events: EventEmitter,
 ) -> list[Segment]:
     """
     Build the demo policy: a public health check, a scoped API, an admin area and a workspace.
 
     One `JWTVerifier` serves every protected segment, so the JWKS is fetched once. The admin
-    area also requires a loopback client. The workspace requires a managed device with fresh
-    posture bound to the user, a client in one of `WORKSPACE_COUNTRIES`, and office hours.
+    area also requires a loopback client, and the admin role or a just-in-time grant signed by
+    one of ``grant_keys`` and not revoked in ``grant_store``. The workspace requires a managed
+    device with fresh posture bound to the user, a client in one of `WORKSPACE_COUNTRIES`, and
+    office hours.
     """
     identity = JWTVerifier(
         issuer=issuer,
@@ -119,6 +130,15 @@ def build_segments(
         max_posture_age=MAX_POSTURE_AGE,
     )
     office_hours = TimeWindowVerifier(windows=OFFICE_HOURS, timezone=OFFICE_TIME_ZONE, clock=clock)
+    # A valid grant replaces the admin role. The demo records every use, not one a minute.
+    grants = GrantVerifier(
+        keys=grant_keys,
+        store=grant_store,
+        issuer=GRANT_ISSUER,
+        mode="alternative",
+        events=events,
+        use_event_interval=0,
+    )
 
     return [
         Segment("public", paths=["/healthz"], public=True),
@@ -128,7 +148,12 @@ def build_segments(
             verifiers=[identity],
             scopes={"GET": ["api:read"], "POST": ["api:write"]},
         ),
-        Segment("admin", paths=["/admin/"], verifiers=[identity, local_network], roles=["admin"]),
+        Segment(
+            "admin",
+            paths=["/admin/"],
+            verifiers=[identity, local_network, grants],
+            roles=["admin"],
+        ),
         Segment(
             "workspace",
             paths=["/workspace/"],
@@ -146,9 +171,17 @@ def build_demo_app(
     device_keys: Mapping[str, Any],
     clock: DemoClock,
     sinks: Sequence[Sink],
+    grant_keys: Mapping[str, Any],
+    grant_store: GrantStore,
 ) -> DemoApp:
-    """Build the protected app, trusting `TRUSTED_PROXIES` to name the client."""
+    """
+    Build the protected app, trusting `TRUSTED_PROXIES` to name the client.
+
+    ``grant_keys`` are the public keys of the grant broker, so the app can verify grants but
+    never mint them.
+    """
     geo = GeoVerifier(allow_countries=WORKSPACE_COUNTRIES)
+    emitter = EventEmitter(list(sinks), flush_interval=0.05)
     segments = build_segments(
         issuer=issuer,
         jwks_url=jwks_url,
@@ -156,8 +189,10 @@ def build_demo_app(
         device_keys=device_keys,
         clock=clock,
         geo=geo,
+        grant_keys=grant_keys,
+        grant_store=grant_store,
+        events=emitter,
     )
-    emitter = EventEmitter(list(sinks), flush_interval=0.05)
     demo: DemoApp
 
     @contextlib.asynccontextmanager
@@ -175,6 +210,7 @@ def build_demo_app(
             Route("/api/items", _list_items, methods=["GET"]),
             Route("/api/items", _create_item, methods=["POST"]),
             Route("/admin/users", _list_users),
+            Route(REPORT_PATH, _daily_report),
             Route("/workspace/documents", _list_documents),
             # No segment covers /secret, so the middleware denies it although the route exists.
             Route("/secret", _secret),
@@ -205,6 +241,12 @@ async def _create_item(_request: Request) -> JSONResponse:
 
 async def _list_users(_request: Request) -> JSONResponse:
     return JSONResponse({"users": ["alice", "bob", "root"]})
+
+
+async def _daily_report(request: Request) -> JSONResponse:
+    access = get_access(request)
+    subject = access.subject if access is not None else None
+    return JSONResponse({"report": "daily", "logins": 42, "denials": 7, "reader": subject})
 
 
 async def _list_documents(_request: Request) -> JSONResponse:

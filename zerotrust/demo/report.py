@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 
 from rich import box
@@ -11,8 +12,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .grants import StepOutcome
 from .runner import DemoResult, Outcome
-from .script import Probe
+from .script import MintGrant, Probe
 
 __all__ = ["print_outcomes", "print_summary", "summary_line"]
 
@@ -20,7 +22,12 @@ _BAR_WIDTH = 30
 
 
 def print_outcomes(console: Console, result: DemoResult) -> None:
-    """Print one table row per scripted request: what was sent, expected and received."""
+    """
+    Print one table row per scripted request, and one per grant step where it ran.
+
+    A request row shows what was sent, expected and received. A grant step row has ``step``
+    in the number column, because the runner called the grant broker and sent no request.
+    """
     table = Table(title=f"Requests to {result.app_url}", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("#", justify="right")
     table.add_column("request", overflow="fold")
@@ -30,29 +37,70 @@ def print_outcomes(console: Console, result: DemoResult) -> None:
     table.add_column("reason", overflow="fold")
     table.add_column("", justify="center")
 
+    steps_after: dict[int, list[StepOutcome]] = {}
+    for step in result.steps:
+        steps_after.setdefault(step.after_request, []).append(step)
+
+    for step in steps_after.get(0, []):
+        _add_step_row(table, step)
     for number, outcome in enumerate(result.outcomes, start=1):
-        probe = outcome.probe
-        request = f"[bold]{probe.method}[/] {escape(probe.target)}"
-        request += f"\n[dim]{escape(probe.description)}[/]"
-        context = _context(probe)
-        if context:
-            request += f"\n[dim]{escape(context)}[/]"
-        reason = escape(outcome.reason or "-")
-        facts = _shown_facts(outcome)
-        if facts:
-            reason += f"\n[dim]{escape(facts)}[/]"
-        expected = f"{probe.expected_status} {probe.expected_reason or 'allow'}"
-        table.add_row(
-            str(number),
-            request,
-            expected,
-            _status_cell(outcome),
-            _decision_cell(outcome.decision),
-            reason,
-            "[green]✓[/]" if outcome.matched else "[red]✗[/]",
-        )
+        _add_request_row(table, number, outcome)
+        for step in steps_after.get(number, []):
+            _add_step_row(table, step)
 
     console.print(table)
+
+
+def _add_request_row(table: Table, number: int, outcome: Outcome) -> None:
+    probe = outcome.probe
+    request = f"[bold]{probe.method}[/] {escape(probe.target)}"
+    request += f"\n[dim]{escape(probe.description)}[/]"
+    context = _context(probe)
+    if context:
+        request += f"\n[dim]{escape(context)}[/]"
+    reason = escape(outcome.reason or "-")
+    facts = _shown_facts(outcome)
+    if facts:
+        reason += f"\n[dim]{escape(facts)}[/]"
+    expected = f"{probe.expected_status} {probe.expected_reason or 'allow'}"
+    table.add_row(
+        str(number),
+        request,
+        expected,
+        _status_cell(outcome),
+        _decision_cell(outcome.decision),
+        reason,
+        _mark(outcome.matched),
+    )
+
+
+def _add_step_row(table: Table, outcome: StepOutcome) -> None:
+    """Add the row of a grant step: what the broker was asked to do, and the grant id."""
+    step = outcome.step
+    if isinstance(step, MintGrant):
+        methods = ", ".join(step.methods)
+        paths = ", ".join(step.paths)
+        request = f"[bold]GRANT[/] {escape(step.subject)}: {escape(methods)} {escape(paths)}"
+        expected = "minted"
+        note = f"requested by {step.requested_by}, approved by {step.approver}"
+        if outcome.grant is not None:
+            note += f", until {_clock_time(outcome.grant.expires_at)}"
+    else:
+        subject = outcome.grant.subject if outcome.grant is not None else "the last"
+        request = f"[bold]REVOKE[/] {escape(subject)}'s grant"
+        expected = "revoked"
+        note = f"by {step.revoked_by}: {step.reason}"
+    request += f"\n[dim]{escape(step.description)}[/]"
+
+    if outcome.grant is not None:
+        got = f"[green]{expected}[/]"
+        reason = f"grant_id={outcome.grant.grant_id}\n[dim]{escape(note)}[/]"
+    else:
+        got = "[red]failed[/]"
+        reason = f"[red]{escape(outcome.error or 'no grant')}[/]"
+    table.add_row(
+        "[dim]step[/]", request, expected, got, "[dim]no request[/]", reason, _mark(outcome.matched)
+    )
 
 
 def print_summary(console: Console, result: DemoResult) -> None:
@@ -79,6 +127,8 @@ def print_summary(console: Console, result: DemoResult) -> None:
             chart.add_row(reason, str(count), Bar(largest, 0, count, width=_BAR_WIDTH, color="red"))
         console.print(chart)
 
+    _print_grant_events(console, result)
+
     load = result.geo_load_seconds
     loading = f", including {load:.2f} s to load the geo data" if load is not None else ""
     console.print(f"\n[bold]Wall time:[/] {result.wall_seconds:.2f} s{loading}")
@@ -89,16 +139,22 @@ def print_summary(console: Console, result: DemoResult) -> None:
         f"\n[bold]Events file:[/] {escape(str(result.events_path.resolve()))}", soft_wrap=True
     )
     console.print(
-        f"  [{count_style}]{len(result.events)} events written[/] for {expected_events} requests"
+        f"  [{count_style}]{len(result.events)} access events written[/] "
+        f"for {expected_events} requests"
     )
     if result.invalid_lines:
         console.print(
-            f"  [red]{result.invalid_lines} lines are not JSON objects with a decision[/]"
+            f"  [red]{result.invalid_lines} lines are neither access events with a decision "
+            "nor grant events[/]"
         )
 
     schema = result.schema_check
     style = {"valid": "green", "invalid": "red", "skipped": "yellow"}[schema.status]
     console.print(f"  [{style}]schema {schema.status}:[/] {escape(schema.detail)}")
+
+    check = result.grant_check
+    check_style = "green" if check.passed else "red"
+    console.print(f"  [{check_style}]grant events:[/] {escape(check.detail)}")
 
     if result.leaked_into_events:
         found = len(result.leaked_into_events)
@@ -110,16 +166,35 @@ def print_summary(console: Console, result: DemoResult) -> None:
 def summary_line(result: DemoResult, leaked_into_output: int) -> str:
     """Return a one-line verdict on the whole run, without markup."""
     matched = sum(outcome.matched for outcome in result.outcomes)
+    steps_done = sum(step.matched for step in result.steps)
     leaks = len(result.leaked_into_events) + leaked_into_output
     parts = [
         f"{matched} of {len(result.outcomes)} requests as expected",
-        f"{len(result.events)} events written to {result.events_path}",
+        f"{steps_done} of {len(result.steps)} grant steps done",
+        f"{len(result.events)} access and {len(result.grant_events)} grant events written to "
+        f"{result.events_path}",
         f"schema {result.schema_check.status}",
+        "grant events as expected" if result.grant_check.passed else "grant events differ",
         "no token leaked" if leaks == 0 else f"{leaks} token strings leaked",
     ]
     verdict = "PASS" if result.passed and leaked_into_output == 0 else "FAIL"
 
     return f"{verdict}: " + "; ".join(parts)
+
+
+def _print_grant_events(console: Console, result: DemoResult) -> None:
+    """Print how many grant events of each kind the run wrote."""
+    counts = result.grant_check.counts
+    if not counts:
+        return
+
+    console.print()
+    table = Table(title="Grant events", title_justify="left", show_header=False, box=None)
+    table.add_column("event")
+    table.add_column("count", justify="right")
+    for kind, count in counts.items():
+        table.add_row(kind, str(count))
+    console.print(table)
 
 
 def _context(probe: Probe) -> str:
@@ -131,6 +206,9 @@ def _context(probe: Probe) -> str:
         parts.append(f"X-Forwarded-For {probe.forwarded_for}")
     if probe.clock is not None:
         parts.append(f"clock {probe.clock:%a %H:%M %Z}")
+    if probe.sends_grant:
+        # Only the header name: the token itself must never reach the output.
+        parts.append("X-Zerotrust-Grant")
 
     return ", ".join(parts)
 
@@ -146,6 +224,14 @@ def _status_cell(outcome: Outcome) -> str:
         return f"[red]{escape(outcome.error or 'no response')}[/]"
     style = "green" if outcome.status == outcome.probe.expected_status else "red"
     return f"[{style}]{outcome.status}[/]"
+
+
+def _clock_time(timestamp: float) -> str:
+    return f"{dt.datetime.fromtimestamp(timestamp, dt.UTC):%H:%M:%S} UTC"
+
+
+def _mark(matched: bool) -> str:
+    return "[green]✓[/]" if matched else "[red]✗[/]"
 
 
 def _decision_cell(decision: str | None) -> str:

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Running the demo: start the issuer and the app, send the scripted requests, check the events."""
+"""Running the demo: start the issuer and the app, run the script, check the events."""
 
 from __future__ import annotations
 
@@ -13,10 +13,19 @@ from time import perf_counter
 from typing import Any, Literal
 
 from ..events import JsonLinesSink, MemorySink
+from ..grants import GrantBroker, MemoryGrantStore, generate_signing_key
+from ..grants.keys import public_jwk
 from ..testing import TokenIssuer
-from .app import DemoClock, build_demo_app
+from .app import GRANT_ISSUER, DemoClock, build_demo_app
 from .client import send_raw_request
-from .script import IN_OFFICE_HOURS, Probe, build_script
+from .grants import (
+    GRANT_EVENT_KINDS,
+    GrantEventCheck,
+    GrantSteps,
+    StepOutcome,
+    check_grant_events,
+)
+from .script import IN_OFFICE_HOURS, Probe, ScriptStep, build_script, scripted_requests
 from .servers import serve_in_thread
 
 __all__ = [
@@ -30,6 +39,7 @@ __all__ = [
 
 _REQUEST_TIMEOUT = 5.0
 _USER_AGENT = "zerotrust-demo"
+_GRANT_HEADER = "X-Zerotrust-Grant"
 _DEVICE_AGENT_ISSUER = "https://device-agent.test"
 # The shortest signature worth searching for; shorter strings could match by chance.
 _MIN_SECRET_LENGTH = 16
@@ -57,7 +67,7 @@ class Outcome:
     The result of one scripted request.
 
     Attributes:
-        probe: The scripted request.
+        probe: The scripted request, with the grant token it sent.
         status: The HTTP status received, or ``None`` when the request failed.
         event: The access event with this request's id, or ``None`` if none was recorded.
         error: Why the request failed, when it did.
@@ -110,11 +120,16 @@ class DemoResult:
 
     Attributes:
         outcomes: One entry per scripted request, in order.
-        secrets: Every token and device assertion minted for the run, and each one's signature.
+        secrets: Every token, device assertion and grant token minted for the run, and each
+            one's signature.
         events_path: The events file.
-        events: The events this run appended to the file, parsed; invalid lines are skipped.
-        invalid_lines: Appended lines that are not JSON objects with a ``decision``.
-        schema_check: The JSON Schema validation of the appended events.
+        steps: One entry per grant step, in order.
+        events: The access events this run appended to the file, parsed.
+        grant_events: The grant events this run appended to the file, parsed.
+        invalid_lines: Appended lines that are neither access events with a ``decision`` nor
+            grant events.
+        schema_check: The JSON Schema validation of the appended access events.
+        grant_check: The comparison of the appended grant events with the expected ones.
         leaked_into_events: Secrets found in the appended part of the events file.
         app_url: Where the sample app was served.
         wall_seconds: How long the run took, from generating keys to checking the events file.
@@ -124,9 +139,14 @@ class DemoResult:
     outcomes: list[Outcome]
     secrets: tuple[str, ...]
     events_path: Path
+    steps: list[StepOutcome] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    grant_events: list[dict[str, Any]] = field(default_factory=list)
     invalid_lines: int = 0
     schema_check: SchemaCheck = SchemaCheck("skipped", "not run")
+    grant_check: GrantEventCheck = field(
+        default_factory=lambda: GrantEventCheck(passed=False, detail="not run")
+    )
     leaked_into_events: list[str] = field(default_factory=list)
     app_url: str = ""
     wall_seconds: float = 0.0
@@ -134,16 +154,20 @@ class DemoResult:
 
     @property
     def all_matched(self) -> bool:
-        return all(outcome.matched for outcome in self.outcomes)
+        """Whether every request got its expected outcome and every grant step succeeded."""
+        return all(outcome.matched for outcome in self.outcomes) and all(
+            step.matched for step in self.steps
+        )
 
     @property
     def passed(self) -> bool:
-        """Whether every request matched and the events file passed every check."""
+        """Whether every request and step matched and the events file passed every check."""
         return (
             self.all_matched
             and self.invalid_lines == 0
             and len(self.events) == len(self.outcomes)
             and self.schema_check.status != "invalid"
+            and self.grant_check.passed
             and not self.leaked_into_events
         )
 
@@ -155,8 +179,11 @@ def run_demo(
     progress: Callable[[str], object] = lambda _message: None,
 ) -> DemoResult:
     """
-    Start the token issuer and the sample app, send every scripted request, then check the events.
+    Start the token issuer and the sample app, run the script, then check the events.
 
+    The script's requests go to the app. Its grant steps go to a grant broker that the runner
+    holds, as an administrator's tool would. The app gets only the public key of the broker,
+    so it can verify grants but never mint them.
     ``events_sink`` writes to ``options.events_path``; the caller opens it so that a bad path
     is reported before any server starts. It is closed when the run ends.
 
@@ -167,10 +194,13 @@ def run_demo(
     start_offset = _file_size(options.events_path)
     run_id = os.urandom(3).hex()
 
-    progress("Generating signing keys for the token issuer and the device agent")
+    progress("Generating signing keys for the token issuer, the device agent and the grants")
     issuer = TokenIssuer(algorithms=("RS256", "ES256"))
     device_agent = TokenIssuer(issuer=_DEVICE_AGENT_ISSUER, algorithms=("ES256",))
-    probes = build_script(issuer, device_agent)
+    grant_key = generate_signing_key()
+    grant_store = MemoryGrantStore()
+    script = build_script(issuer, device_agent)
+    request_count = len(scripted_requests(script))
     memory = MemorySink()
     clock = DemoClock(IN_OFFICE_HOURS)
 
@@ -183,25 +213,40 @@ def run_demo(
             device_keys=device_agent.jwks(),
             clock=clock,
             sinks=[events_sink, memory],
+            grant_keys={"keys": [public_jwk(grant_key)]},
+            grant_store=grant_store,
         )
+        # Grant events go through the app's emitter, so they land in the same events file.
+        broker = GrantBroker(
+            signing_key=grant_key,
+            store=grant_store,
+            issuer=GRANT_ISSUER,
+            events=demo.events,
+            require_approval=True,
+        )
+        grant_steps = GrantSteps(broker)
         try:
             progress("Loading the geo data and starting the sample app behind ZeroTrustMiddleware")
             with serve_in_thread(
                 demo.middleware, name="app", host=options.host, port=options.port
             ) as served:
-                progress(f"Sending {len(probes)} requests to {served.url}")
-                responses = asyncio.run(_send_all(served.host, served.port, probes, run_id, clock))
+                progress(f"Sending {request_count} requests to {served.url}")
+                sent, steps = asyncio.run(
+                    _run_script(served.host, served.port, script, run_id, clock, grant_steps)
+                )
         finally:
             # Closing flushes the queue, so both sinks contain every event before they are read.
             demo.events.close()
 
-    events_by_id = {event.get("request_id"): event for event in memory.events}
+    access_events = (event for event in memory.events if event.get("event") == "access")
+    events_by_id = {event.get("request_id"): event for event in access_events}
     outcomes = [
         Outcome(probe, status, events_by_id.get(_request_id(run_id, index)), error)
-        for index, (probe, (status, error)) in enumerate(zip(probes, responses, strict=True))
+        for index, (probe, status, error) in enumerate(sent)
     ]
-    credentials = [credential for probe in probes for credential in _credentials(probe)]
-    result = DemoResult(outcomes, _secrets(credentials), options.events_path)
+    credentials = [credential for probe, _, _ in sent for credential in _credentials(probe)]
+    credentials.extend(grant_steps.tokens)
+    result = DemoResult(outcomes, _secrets(credentials), options.events_path, steps)
     result.app_url = served.url
     result.geo_load_seconds = demo.geo_load_seconds
 
@@ -217,41 +262,71 @@ def find_secrets(text: str, secrets: Iterable[str]) -> list[str]:
     return [secret for secret in secrets if secret in text]
 
 
-async def _send_all(
-    host: str, port: int, probes: Sequence[Probe], run_id: str, clock: DemoClock
-) -> list[tuple[int | None, str | None]]:
+async def _run_script(
+    host: str,
+    port: int,
+    script: Sequence[ScriptStep],
+    run_id: str,
+    clock: DemoClock,
+    grant_steps: GrantSteps,
+) -> tuple[list[tuple[Probe, int | None, str | None]], list[StepOutcome]]:
     """
-    Send the probes one after another; return each status or the error that stopped it.
+    Run the script in order: send each request, and run each grant step between them.
 
-    Before each request, ``clock`` is set to the probe's instant. Each request waits for its
-    response or its timeout before the next one sets the clock again.
+    Returns each request as sent, with its status or the error that stopped it, and the
+    outcome of each grant step. A request that needs a grant when none was minted is not sent.
     """
-    responses: list[tuple[int | None, str | None]] = []
-    for index, probe in enumerate(probes):
-        headers = {"User-Agent": _USER_AGENT, "X-Request-ID": _request_id(run_id, index)}
-        if probe.token is not None:
-            headers["Authorization"] = f"Bearer {probe.token}"
-        if probe.device_assertion is not None:
-            headers["X-Device-Assertion"] = probe.device_assertion
-        if probe.forwarded_for is not None:
-            headers["X-Forwarded-For"] = probe.forwarded_for
-        body = b'{"name": "gamma"}' if probe.method == "POST" else b""
-        if body:
-            headers["Content-Type"] = "application/json"
-        clock.now = probe.clock or IN_OFFICE_HOURS
+    sent: list[tuple[Probe, int | None, str | None]] = []
+    steps: list[StepOutcome] = []
+    for step in script:
+        if not isinstance(step, Probe):
+            # The broker and its memory store do no network I/O, so they run on the loop.
+            steps.append(grant_steps.run(step, after_request=len(sent)))
+            continue
         try:
-            async with asyncio.timeout(_REQUEST_TIMEOUT):
-                response = await send_raw_request(
-                    host, port, probe.method, probe.target, headers=headers, body=body
-                )
-        except TimeoutError:
-            responses.append((None, f"no response within {_REQUEST_TIMEOUT:g} s"))
-        except OSError as error:
-            responses.append((None, f"{type(error).__name__}: {error}"))
-        else:
-            responses.append((response.status, None))
+            probe = grant_steps.prepare(step)
+        except LookupError as error:
+            sent.append((step, None, str(error)))
+            continue
+        status, failure = await _send(host, port, probe, _request_id(run_id, len(sent)), clock)
+        sent.append((probe, status, failure))
 
-    return responses
+    return sent, steps
+
+
+async def _send(
+    host: str, port: int, probe: Probe, request_id: str, clock: DemoClock
+) -> tuple[int | None, str | None]:
+    """
+    Send one probe; return its status, or the error that stopped it.
+
+    Before the request, ``clock`` is set to the probe's instant. The request waits for its
+    response or its timeout, so the next one cannot set the clock while it is judged.
+    """
+    headers = {"User-Agent": _USER_AGENT, "X-Request-ID": request_id}
+    if probe.token is not None:
+        headers["Authorization"] = f"Bearer {probe.token}"
+    if probe.grant_token is not None:
+        headers[_GRANT_HEADER] = probe.grant_token
+    if probe.device_assertion is not None:
+        headers["X-Device-Assertion"] = probe.device_assertion
+    if probe.forwarded_for is not None:
+        headers["X-Forwarded-For"] = probe.forwarded_for
+    body = b'{"name": "gamma"}' if probe.method == "POST" else b""
+    if body:
+        headers["Content-Type"] = "application/json"
+    clock.now = probe.clock or IN_OFFICE_HOURS
+    try:
+        async with asyncio.timeout(_REQUEST_TIMEOUT):
+            response = await send_raw_request(
+                host, port, probe.method, probe.target, headers=headers, body=body
+            )
+    except TimeoutError:
+        return None, f"no response within {_REQUEST_TIMEOUT:g} s"
+    except OSError as error:
+        return None, f"{type(error).__name__}: {error}"
+
+    return response.status, None
 
 
 def _request_id(run_id: str, index: int) -> str:
@@ -259,8 +334,8 @@ def _request_id(run_id: str, index: int) -> str:
 
 
 def _credentials(probe: Probe) -> list[str]:
-    """Return the bearer token and the device assertion that the probe sends, if any."""
-    return [value for value in (probe.token, probe.device_assertion) if value]
+    """Return the bearer token, device assertion and grant token that the probe sends."""
+    return [value for value in (probe.token, probe.device_assertion, probe.grant_token) if value]
 
 
 def _secrets(tokens: Iterable[str | None]) -> tuple[str, ...]:
@@ -284,7 +359,12 @@ def _file_size(path: Path) -> int:
 
 
 def _check_events_file(result: DemoResult, start_offset: int) -> None:
-    """Parse the lines this run appended, validate them and search them for tokens."""
+    """
+    Parse the lines this run appended, check them and search them for tokens.
+
+    Access events are validated against the access event schema, which covers only them.
+    Grant events are counted by kind and compared with what the grant steps should cause.
+    """
     with result.events_path.open("rb") as file:
         file.seek(start_offset)
         appended = file.read().decode("utf-8", "replace")
@@ -297,12 +377,30 @@ def _check_events_file(result: DemoResult, start_offset: int) -> None:
         except json.JSONDecodeError:
             result.invalid_lines += 1
             continue
-        if not isinstance(event, dict) or "decision" not in event:
+        if not isinstance(event, dict):
             result.invalid_lines += 1
-            continue
-        result.events.append(event)
+        elif event.get("event") == "access" and "decision" in event:
+            result.events.append(event)
+        elif event.get("event") in GRANT_EVENT_KINDS:
+            result.grant_events.append(event)
+        else:
+            result.invalid_lines += 1
 
     result.schema_check = _validate(result.events)
+    allowed_ids: list[str] = []
+    grant_ids: list[str] = []
+    for outcome in result.outcomes:
+        if outcome.probe.grant_token is None or outcome.event is None:
+            continue
+        grant_ids.append(outcome.event["request_id"])
+        if outcome.decision == "allow":
+            allowed_ids.append(outcome.event["request_id"])
+    result.grant_check = check_grant_events(
+        result.grant_events,
+        result.steps,
+        allowed_request_ids=allowed_ids,
+        grant_request_ids=grant_ids,
+    )
     result.leaked_into_events = find_secrets(appended, result.secrets)
 
 
@@ -333,4 +431,4 @@ def _validate(events: Sequence[dict[str, Any]]) -> SchemaCheck:
             detail = f"event {number} fails the schema at {location}: {failure.message}"
             return SchemaCheck("invalid", detail)
 
-    return SchemaCheck("valid", f"{len(events)} events match the access event schema")
+    return SchemaCheck("valid", f"{len(events)} access events match the access event schema")

@@ -7,20 +7,26 @@ import base64
 import datetime as dt
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..testing import TokenIssuer
-from .app import DEVICE_AUDIENCE, OFFICE_TIME_ZONE
+from .app import DEVICE_AUDIENCE, OFFICE_TIME_ZONE, REPORT_PATH
 
 __all__ = [
     "AFTER_HOURS",
     "ALLOWED_ADDRESS",
     "FOREIGN_ADDRESS",
+    "GRANT_DURATION",
     "IN_OFFICE_HOURS",
+    "GrantStep",
+    "MintGrant",
     "Probe",
+    "RevokeGrant",
+    "ScriptStep",
     "build_script",
+    "scripted_requests",
 ]
 
 # A Wednesday in June: 10:30 is inside the workspace's office hours, 19:30 is after them.
@@ -29,6 +35,8 @@ AFTER_HOURS = dt.datetime(2024, 6, 12, 19, 30, tzinfo=OFFICE_TIME_ZONE)
 # Public DNS resolvers. The geoip2fast 1.2.2 data places the first in DE and the second in US.
 ALLOWED_ADDRESS = "194.25.0.60"
 FOREIGN_ADDRESS = "8.8.8.8"
+# Seconds the reader's grant for the daily report lasts, unless it is revoked first.
+GRANT_DURATION = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +56,10 @@ class Probe:
             client is the loopback address the request comes from.
         clock: The instant the office-hours check judges; ``None`` for `IN_OFFICE_HOURS`.
         expected_facts: Facts the access event must record with these values.
+        sends_grant: Whether to send the token of the grant that the last `MintGrant` step
+            minted, in the ``X-Zerotrust-Grant`` header. The runner then sets ``grant_token``
+            and expects the access event to record the grant's id as the ``grant_id`` fact.
+        grant_token: The grant token sent; ``None`` until the runner sets it.
     """
 
     method: str
@@ -60,15 +72,68 @@ class Probe:
     forwarded_for: str | None = None
     clock: dt.datetime | None = None
     expected_facts: Mapping[str, Any] = field(default_factory=dict)
+    sends_grant: bool = False
+    grant_token: str | None = None
 
     @property
     def expected_decision(self) -> str:
         return "allow" if self.expected_reason is None else "deny"
 
 
-def build_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Probe]:
+@dataclass(frozen=True, slots=True)
+class MintGrant:
     """
-    Pair each scripted request with its expected outcome.
+    A step of the demo runner between two requests: mint a just-in-time grant.
+
+    The runner calls `GrantBroker.mint` with these arguments. Its broker requires an approver
+    other than the requester and the subject, so ``approver`` must be a third person.
+
+    Attributes:
+        description: What the step does, in a few words.
+        subject: Who the grant is for.
+        segment: The segment it applies to.
+        methods: The HTTP methods it covers.
+        paths: The path patterns it covers, inside the segment.
+        reason: Why it is requested; recorded in every grant event.
+        requested_by: Who requests it.
+        approver: Who approves it.
+        duration: Seconds it lasts.
+    """
+
+    description: str
+    subject: str
+    segment: str
+    methods: tuple[str, ...]
+    paths: tuple[str, ...]
+    reason: str
+    requested_by: str
+    approver: str
+    duration: float = GRANT_DURATION
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeGrant:
+    """
+    A step of the demo runner between two requests: revoke the grant the last `MintGrant` minted.
+
+    Attributes:
+        description: What the step does, in a few words.
+        revoked_by: Who revokes the grant.
+        reason: Why; recorded in the ``grant_revoked`` event.
+    """
+
+    description: str
+    revoked_by: str
+    reason: str
+
+
+GrantStep = MintGrant | RevokeGrant
+ScriptStep = Probe | MintGrant | RevokeGrant
+
+
+def build_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
+    """
+    Pair each scripted request with its expected outcome, with the grant steps in between.
 
     ``issuer`` mints the user tokens and ``device_agent`` the device posture assertions.
     """
@@ -122,7 +187,13 @@ def build_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Probe]:
             forwarded_for=FOREIGN_ADDRESS,
         ),
         *_workspace_probes(issuer, device_agent),
+        *_grant_steps(reader, writer),
     ]
+
+
+def scripted_requests(script: Sequence[ScriptStep]) -> list[Probe]:
+    """Return the requests of a script in order, without the grant steps."""
+    return [step for step in script if isinstance(step, Probe)]
 
 
 def _workspace_probes(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Probe]:
@@ -196,6 +267,71 @@ def _workspace_probes(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Pr
             "outside_time_window",
             clock=AFTER_HOURS,
             expected_facts={"local_time": AFTER_HOURS.isoformat()},
+        ),
+    ]
+
+
+def _grant_steps(reader: str, writer: str) -> list[ScriptStep]:
+    """
+    Script a just-in-time grant for the reader, from the first denial to the revocation.
+
+    The reader has no admin role, so the daily report in the admin area is closed to them until
+    the runner mints a grant for it. The grant opens that one path for GET requests only, for
+    the reader only, and only until it is revoked.
+    """
+    return [
+        Probe("GET", REPORT_PATH, "reader, no grant yet", reader, 403, "insufficient_role"),
+        MintGrant(
+            "runner mints a grant for the reader, approved by admin",
+            subject="reader",
+            segment="admin",
+            methods=("GET",),
+            paths=(REPORT_PATH,),
+            reason="read the daily report for the access review",
+            requested_by="reader",
+            approver="admin",
+        ),
+        Probe("GET", REPORT_PATH, "reader with the grant", reader, 200, sends_grant=True),
+        Probe(
+            "GET",
+            "/admin/users",
+            "reader's grant on a path it does not cover",
+            reader,
+            403,
+            "grant_path_not_covered",
+            sends_grant=True,
+        ),
+        Probe(
+            "POST",
+            REPORT_PATH,
+            "reader's grant with a method it does not cover",
+            reader,
+            403,
+            "grant_method_not_covered",
+            sends_grant=True,
+        ),
+        Probe(
+            "GET",
+            REPORT_PATH,
+            "writer presents the reader's grant",
+            writer,
+            403,
+            "subject_binding_mismatch",
+            sends_grant=True,
+        ),
+        RevokeGrant(
+            "runner revokes the reader's grant",
+            revoked_by="admin",
+            reason="access review finished",
+        ),
+        Probe(
+            "GET",
+            REPORT_PATH,
+            "reader with the revoked grant",
+            reader,
+            403,
+            "grant_revoked",
+            sends_grant=True,
         ),
     ]
 

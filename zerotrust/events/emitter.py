@@ -7,6 +7,7 @@ import atexit
 import collections
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -14,7 +15,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import ConfigurationError
-from .access import build_access_event
+from .access import build_access_event, format_timestamp, new_event_id
+from .delivery import SinkChannel, Spool
 from .redaction import redact_secrets
 from .sinks import JsonLinesSink, Sink
 
@@ -33,11 +35,18 @@ _emitters: weakref.WeakSet[EventEmitter] = weakref.WeakSet()
 
 class EventEmitter:
     """
-    Queue events in the request path and deliver them to sinks from a background thread.
+    Queue events in the request path and deliver them to sinks from background threads.
 
-    The queue is bounded: when it is full, new events are dropped and counted in `dropped`
-    rather than slowing requests down or growing memory. The writer thread starts on the first
-    event, restarts after a ``fork``, and drains the queue at exit and on `close`.
+    The request path only appends to a bounded queue: when it is full, new events are dropped
+    and counted in `dropped` rather than slowing requests down or growing memory. A writer
+    thread builds the events and hands each batch to every sink's `SinkChannel`, which delivers
+    it from a thread of its own, so a slow or broken sink delays no other sink and no request.
+    While a sink fails, its batches wait in an on-disk spool (with ``spool_dir``) and are
+    replayed in order when it recovers. Events lost for good are counted, and reported at most
+    every ``drop_report_interval`` seconds as an ``events_dropped`` event.
+
+    Threads start on the first event and again after a ``fork``; the queues are flushed when
+    the app's lifespan shuts down, at interpreter exit and on `close`, within a timeout.
 
     Args:
         sinks: Where events go; JSON lines on standard error by default.
@@ -45,6 +54,12 @@ class EventEmitter:
         batch_size: Most events handed to a sink in one call.
         flush_interval: Seconds the writer thread waits before writing a batch that is not
             full; also the longest an event waits in the queue when traffic is light.
+        max_sink_queue: Most events waiting for one sink; more spill to its spool.
+        spool_dir: Directory for the spools, one subdirectory per sink; no spool when ``None``.
+        spool_max_bytes: Largest size of one sink's spool.
+        retry_initial: Seconds before a failed sink is tried again; doubles up to ``retry_max``.
+        retry_max: Longest wait between tries of a failed sink.
+        drop_report_interval: Seconds between ``events_dropped`` reports.
     """
 
     def __init__(
@@ -54,6 +69,12 @@ class EventEmitter:
         max_queue: int = 10_000,
         batch_size: int = 256,
         flush_interval: float = 0.2,
+        max_sink_queue: int = 10_000,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 64 * 1024 * 1024,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
+        drop_report_interval: float = 10.0,
     ) -> None:
         if max_queue < 1 or batch_size < 1 or not flush_interval > 0:
             message = (
@@ -68,12 +89,24 @@ class EventEmitter:
                 raise ConfigurationError(message, parameter="sinks", value=sink)
 
         self.sinks: tuple[Sink, ...] = tuple(sink_list)
+        self.channels: tuple[SinkChannel, ...] = tuple(
+            SinkChannel(
+                sink,
+                max_queue=max_sink_queue,
+                spool=_spool_for(spool_dir, index, sink, spool_max_bytes),
+                retry_initial=retry_initial,
+                retry_max=retry_max,
+            )
+            for index, sink in enumerate(sink_list)
+        )
+        self.drop_report_interval = drop_report_interval
+        self._next_drop_report = 0.0
         self.max_queue = max_queue
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.dropped = 0
         self.delivered = 0
-        self.failed = 0
+        self._build_failures = 0
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._enqueued = 0
         self._processed = 0
@@ -155,24 +188,47 @@ class EventEmitter:
                 batch.append(_build(item))
             except Exception:
                 logger.exception("building an access event failed; dropping it")
-                self.failed += 1
+                self._build_failures += 1
         self._deliver(batch)
         self._processed += taken
 
     def _deliver(self, batch: list[dict[str, Any]]) -> None:
-        if not batch:
+        if batch:
+            for channel in self.channels:
+                channel.offer(batch)
+            self.delivered += len(batch)
+        self._report_drops()
+
+    def _report_drops(self) -> None:
+        now = time.monotonic()
+        if now < self._next_drop_report:
             return
-        for sink in self.sinks:
-            try:
-                sink.write(batch)
-            except Exception as error:
-                # A sink may report how many events of the batch it lost, such as bulk item errors.
-                lost = getattr(error, "failed", None)
-                if not isinstance(lost, int) or not 0 <= lost <= len(batch):
-                    lost = len(batch)
-                self.failed += lost
-                logger.exception("sink %s failed to write %d events", sink.name, len(batch))
-        self.delivered += len(batch)
+        self._next_drop_report = now + self.drop_report_interval
+        for channel in self.channels:
+            count = channel.unreported_drops
+            if not count:
+                continue
+            channel.unreported_drops -= count
+            report = {
+                "event": "events_dropped",
+                "timestamp": format_timestamp(time.time()),
+                "event_id": new_event_id(),
+                "sink": channel.sink.name,
+                "count": count,
+                "reason": "spool_full" if channel.spool is not None else "sink_queue_full",
+            }
+            logger.warning("sink %s dropped %d events", channel.sink.name, count)
+            self._put((report,))
+
+    @property
+    def failed(self) -> int:
+        """Events that a sink could not take and that were not kept, over every sink."""
+        return self._build_failures + sum(channel.failed for channel in self.channels)
+
+    @property
+    def spooled(self) -> int:
+        """Events written to a spool because their sink was down or behind."""
+        return sum(channel.spooled for channel in self.channels)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued event reached the sinks; ``False`` on timeout."""
@@ -182,28 +238,42 @@ class EventEmitter:
             while self._processed < target:
                 if not self._running or self._thread is None or not self._thread.is_alive():
                     self._process(len(self._queue))
-                    return True
+                    break
                 self._wakeup.set()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._done.wait(min(remaining, 0.05))
-        return True
+
+        return all(channel.wait_idle(deadline) for channel in self.channels)
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what is queued, stop the writer thread and close the sinks."""
         if self._closed:
             return
+        deadline = time.monotonic() + timeout
         self.flush(timeout)
         self._closed = True
         self._wakeup.set()
         if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        for channel in self.channels:
+            channel.close(deadline)
         for sink in self.sinks:
             try:
                 sink.close()
             except Exception:
                 logger.exception("closing sink %s failed", sink.name)
+
+
+def _spool_for(
+    directory: str | os.PathLike[str] | None, index: int, sink: Sink, max_bytes: int
+) -> Spool | None:
+    if directory is None:
+        return None
+    # One subdirectory per sink, named by position and sink name, stable across restarts.
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", sink.name)[:40]
+    return Spool(os.path.join(directory, f"{index}-{name}"), max_bytes=max_bytes)
 
 
 def _build(item: tuple[Any, ...]) -> dict[str, Any]:
@@ -227,6 +297,8 @@ def _forget_threads() -> None:
     for emitter in list(_emitters):
         emitter._running = False
         emitter._thread = None
+        for channel in emitter.channels:
+            channel.forget_thread()
 
 
 os.register_at_fork(after_in_child=_forget_threads)

@@ -27,6 +27,7 @@ from .store import GrantStore, RevocationState
 from .tokens import TOKEN_TYPE, grant_audience
 
 if TYPE_CHECKING:
+    from ..engine import Decision
     from ..request import AccessRequest
 
 __all__ = ["GrantMode", "GrantVerifier"]
@@ -186,6 +187,8 @@ class GrantVerifier(Verifier):
         )
         # Per grant: when its last grant_used event was sent, and uses since then.
         self._uses: LRUCache[str, tuple[float, int]] = LRUCache(maxsize=10_000)
+        # Grants that passed, by id, until after_decision knows whether the request went through.
+        self._passed: LRUCache[str, _VerifiedGrant] = LRUCache(maxsize=1024)
         self._options: jwt.types.Options = {
             "require": _REQUIRED_CLAIMS,
             "verify_signature": True,
@@ -283,7 +286,8 @@ class GrantVerifier(Verifier):
             detail = "the grant store has no record of this grant; it may have been purged"
             return _failed("grant_unknown", detail, grant)
 
-        self._record_use(grant, request)
+        # The use is recorded in after_decision, once the whole request is allowed.
+        self._passed[grant.grant_id] = grant
 
         return Verdict.passed(
             bound_subject=grant.subject,
@@ -319,6 +323,18 @@ class GrantVerifier(Verifier):
             raise _Invalid("grant_invalid", f"{type(error).__name__}: {error}"[:200]) from None
 
         return _read_claims(claims, digest)
+
+    def after_decision(self, request: AccessRequest, decision: Decision) -> None:
+        """Record a grant use only for a request that goes through, not one denied later."""
+        if not decision.lets_through:
+            return
+        for record in decision.verdicts:
+            if record.name == self.name and record.outcome == "pass":
+                grant_id = record.verdict.facts.get("grant_id")
+                grant = self._passed.get(grant_id) if isinstance(grant_id, str) else None
+                if grant is not None:
+                    self._record_use(grant, request)
+                return
 
     def _record_use(self, grant: _VerifiedGrant, request: AccessRequest) -> None:
         if self.events is None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from ..exceptions import ConfigurationError, ZeroTrustError
 
 if TYPE_CHECKING:
+    from ..engine import Decision
     from ..policy import Segment
     from ..request import AccessRequest
 
@@ -245,6 +246,14 @@ class Verifier(abc.ABC):
         engine calls it on the event loop without a timeout, so it must not block.
         """
         return None
+
+    def after_decision(self, request: AccessRequest, decision: Decision) -> None:  # noqa: B027
+        """
+        React to the final decision on a request this verifier judged, such as to audit it.
+
+        The engine calls it on the event loop, after every verifier of the segment ran and the
+        requirements were applied, so it must not block. Exceptions are logged and ignored.
+        """
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r}>"
