@@ -69,8 +69,9 @@ SCOPE = "items:read"
 SUBJECT = "alice"
 DEVICE_ID = "laptop-0042"
 
-# The full chain sees the client through X-Forwarded-For from a proxy on 127.0.0.1. The bundled
-# GeoLite2 data of geoip2fast 1.2.2 places this public address in GB. Nothing is sent to it.
+# The full chain reads the client address from X-Forwarded-For, set by a proxy on 127.0.0.1.
+# The GeoLite2 data bundled with geoip2fast 1.2.2 places this public address in GB. The
+# benchmarks only put it in a header and never send anything to it.
 TRUSTED_PROXY = "127.0.0.1"
 CLIENT_ADDRESS = "81.2.69.142"
 CLIENT_NETWORK = "81.2.69.0/24"
@@ -240,11 +241,16 @@ def full_chain_app(
     """
     Wrap ``app`` in `ZeroTrustMiddleware` with all five verifiers in one segment.
 
-    The verifiers are a cached RS256 `JWTVerifier`, a `DeviceVerifier` for ES256 posture
-    assertions that requires a managed device, a `GeoVerifier` with the default geoip2fast
-    backend (its data is loaded here, before any timing), a `TimeWindowVerifier` whose window
-    is always open, and a `NetworkVerifier` that allows the client's network. The middleware
-    trusts ``X-Forwarded-For`` from 127.0.0.1.
+    The verifiers are:
+
+    - a cached RS256 `JWTVerifier`;
+    - a `DeviceVerifier` for ES256 posture assertions that requires a managed device;
+    - a `GeoVerifier` with the default geoip2fast backend, whose data is loaded here, before
+      any timing;
+    - a `TimeWindowVerifier` whose window is always open;
+    - a `NetworkVerifier` that allows the client's network.
+
+    The middleware trusts ``X-Forwarded-For`` from 127.0.0.1.
     """
     geo = GeoVerifier(allow_countries=[CLIENT_COUNTRY])
     geo.preload()

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench_apps import PATH, VARIANTS, Credentials, build_variant, request_headers
-from bench_machine import machine_info
+from bench_machine import machine_info, warn_if_sources_changed
 from rich.console import Console
 from rich.table import Table
 from starlette.types import ASGIApp, Message, Scope
@@ -261,6 +262,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warmup = max(100, args.requests // 5)
+    machine = machine_info()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zerotrust-bench-") as directory:
         # The queue holds a whole round, so no event is dropped and every one is timed.
@@ -273,16 +275,18 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(measure(variants, args.requests, args.rounds, warmup))
         results = summarize(variants)
     elapsed = time.perf_counter() - started
+    warn_if_sources_changed(machine)
 
     print_table(results, args.requests, args.rounds)
-    print(f"{elapsed:.1f} s in total; {machine_info()}")
+    print(f"{elapsed:.1f} s in total; {machine}")
     if args.json:
         document = {
             "benchmark": "inprocess",
             "requests": args.requests,
             "rounds": args.rounds,
             "warmup": warmup,
-            "machine": machine_info(),
+            "machine": machine,
+            "load_average_end": [round(value, 2) for value in os.getloadavg()],
             "results": [asdict(result) for result in results],
         }
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

@@ -29,7 +29,7 @@ from bench_apps import (
     Credentials,
     request_headers,
 )
-from bench_machine import machine_info
+from bench_machine import machine_info, warn_if_sources_changed
 from rich.console import Console
 from rich.table import Table
 
@@ -101,7 +101,9 @@ def start(server: Server, env: dict[str, str]) -> None:
         "--no-access-log", "--no-proxy-headers", "--log-level", "warning",
     ]  # fmt: skip
     env = {**env, VARIANT_ENV: server.key}
-    server.process = subprocess.Popen(command, env=env)  # noqa: S603 -- our own interpreter and arguments
+    # The working directory comes first on sys.path with -m, so it must not hold a zerotrust
+    # package other than the one the benchmark means to measure (see PYTHONPATH in the docs).
+    server.process = subprocess.Popen(command, env=env, cwd=BENCHMARKS_DIR)  # noqa: S603 -- our own interpreter and arguments
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -306,7 +308,8 @@ def choose_generator(choice: str) -> tuple[str, str]:
         version = subprocess.run(  # noqa: S603 -- wrk from PATH
             [wrk, "--version"], capture_output=True, text=True, timeout=10, check=False
         ).stdout.splitlines()
-        return wrk, version[0].strip() if version else "wrk"
+        # The first line is "wrk <version> Copyright (C) ...": keep the part before the notice.
+        return wrk, version[0].split("Copyright")[0].strip() if version else "wrk"
     return "python", "Python asyncio raw-socket generator (bench_served.py)"
 
 
@@ -370,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     generator, label = choose_generator(args.generator)
     credentials = Credentials.generate()
     servers = [Server(key, request_headers(key, credentials)) for key in args.variants]
+    machine = machine_info()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zerotrust-served-") as directory:
         credentials_dir = Path(directory) / "credentials"
@@ -385,9 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             server.events = count_lines(events_dir / f"{server.key}.jsonl")
     elapsed = time.perf_counter() - started
+    warn_if_sources_changed(machine)
 
     print_table(servers, label, args)
-    print(f"{elapsed:.1f} s in total; {machine_info()}")
+    print(f"{elapsed:.1f} s in total; {machine}")
     if args.json:
         bare = statistics.median(servers[0].rates)
         document = {
@@ -396,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             "connections": args.connections,
             "duration": args.duration,
             "rounds": args.rounds,
-            "machine": machine_info(),
+            "machine": machine,
+            "load_average_end": [round(value, 2) for value in os.getloadavg()],
             "results": [
                 {
                     "name": server.name,

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Profile the cached-token request path of zerotrust and time its stages one by one."""
+"""Profile the cached-token request path of zerotrust, one JWT or the full chain, by stage."""
 
 from __future__ import annotations
 
@@ -11,18 +11,33 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench_apps import SCOPE, list_items, zerotrust_app
+from bench_apps import (
+    Credentials,
+    full_chain_app,
+    list_items,
+    request_headers,
+    zerotrust_app,
+)
 from bench_inprocess import build_scope, discard, receive
 from rich.console import Console
 from rich.table import Table
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from zerotrust import AccessContext, JsonLinesSink, VerificationContext, get_access
+from zerotrust import (
+    AccessContext,
+    EventEmitter,
+    JsonLinesSink,
+    Sink,
+    VerificationContext,
+    ZeroTrustMiddleware,
+    get_access,
+)
 from zerotrust.events import build_access_event
 from zerotrust.request import (
     accept_request_id,
@@ -31,7 +46,6 @@ from zerotrust.request import (
     parse_host,
     parse_peer,
 )
-from zerotrust.testing import TokenIssuer
 
 BATCH_SIZE = 256  # the emitter's default batch size
 PAUSE = 0.0001
@@ -147,16 +161,43 @@ def print_profile(title: str, profiler: cProfile.Profile, count: int, limit: int
     Console(width=140).print(table)
 
 
+def protected_app(
+    variant: str,
+    credentials: Credentials,
+    *,
+    events_path: Path | None,
+    max_queue: int = 10_000,
+    app: ASGIApp | None = None,
+    sink: Sink | None = None,
+) -> tuple[ZeroTrustMiddleware, EventEmitter]:
+    """Build the ``rs256-cached`` or ``full-chain`` variant around ``app``."""
+    jwks = credentials.identity.jwks()
+    if variant == "full-chain":
+        device_jwks = credentials.device.jwks()
+        return full_chain_app(
+            jwks, device_jwks, events_path=events_path, max_queue=max_queue, app=app, sink=sink
+        )
+    return zerotrust_app(
+        jwks, algorithm="RS256", events_path=events_path, max_queue=max_queue, app=app, sink=sink
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=5000, help="requests per measurement")
     parser.add_argument("--limit", type=int, default=25, help="rows per profile table")
+    parser.add_argument(
+        "--variant",
+        choices=("rs256-cached", "full-chain"),
+        default="rs256-cached",
+        help="one cached RS256 JWTVerifier, or all five verifiers in one segment",
+    )
     args = parser.parse_args(argv)
     count: int = args.requests
+    variant: str = args.variant
 
-    issuer = TokenIssuer(issuer="https://issuer.bench", algorithms=("RS256",))
-    token = issuer.token("alice", scopes=[SCOPE], alg="RS256", lifetime=3600)
-    scope = build_scope(token)
+    credentials = Credentials.generate()
+    scope = build_scope(request_headers(variant, credentials))
     captured: list[AccessContext] = []
 
     async def capturing_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -169,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="zerotrust-profile-") as directory:
         events_path = Path(directory) / "events.jsonl"
-        app, emitter = zerotrust_app(
-            issuer.jwks(), algorithm="RS256", events_path=events_path, max_queue=4 * count
+        app, emitter = protected_app(
+            variant, credentials, events_path=events_path, max_queue=4 * count
         )
-        capturing, capturing_emitter = zerotrust_app(
-            issuer.jwks(),
-            algorithm="RS256",
+        capturing, capturing_emitter = protected_app(
+            variant,
+            credentials,
             events_path=Path(directory) / "capture.jsonl",
             app=capturing_app,
         )
@@ -182,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         capturing_emitter.close()
         context = captured[0]
         request = context.request
-        verifier = app.policy.segments[0].verifiers[0]
-        verification = VerificationContext(app.policy.segments[0])
+        segment = app.policy.segments[0]
+        verification = VerificationContext(segment)
         headers = Headers(scope=scope)
+        peer = parse_peer(scope["client"])
         sink = JsonLinesSink(Path(directory) / "direct.jsonl")
 
         asyncio.run(time_request_path(app, scope, count // 5))  # warm-up
@@ -197,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
             elapsed: float = time.thread_time() - started
             return elapsed / count * 1e6
 
+        verifier_stages = [
+            (
+                f"  {type(verifier).__name__}.verify_cached (cache hit)",
+                time_call(partial(verifier.verify_cached, request, verification), count),
+            )
+            for verifier in segment.verifiers
+        ]
         stages = [
             ("whole request, request thread (CPU)", thread_us),
             ("whole request, process incl. writer thread (CPU)", process_us),
@@ -207,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
             ("  parse_peer", time_call(lambda: parse_peer(("127.0.0.1", 50000)), count)),
             ("  accept_request_id(None)", time_call(lambda: accept_request_id(None), count)),
             (
-                "  JWTVerifier.verify_cached (cache hit)",
-                time_call(lambda: verifier.verify_cached(request, verification), count),
+                "  TrustedProxies.resolve_client",
+                time_call(lambda: app.trusted_proxies.resolve_client(peer, headers), count),
             ),
+            *verifier_stages,
             ("  Engine.decide (cache hit)", asyncio.run(decide_many())),
             (
                 "  build_access_event",
@@ -228,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 / BATCH_SIZE,
             ),
         ]
-        table = Table(title=f"Stages of the cached RS256 path, CPU µs per call ({count} calls)")
+        table = Table(title=f"Stages of the {variant} path, CPU µs per call ({count} calls)")
         table.add_column("stage")
         table.add_column("µs", justify="right")
         for name, value in stages:
@@ -236,8 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         Console(width=140).print(table)
 
         counting_sink = CountingSink(Path(directory) / "counted.jsonl")
-        counted, counted_emitter = zerotrust_app(
-            issuer.jwks(), algorithm="RS256", events_path=None, sink=counting_sink
+        counted, counted_emitter = protected_app(
+            variant, credentials, events_path=None, sink=counting_sink
         )
         asyncio.run(measure_batches(counted, counting_sink, scope, 0, count // 5))  # warm-up
         for pause in (0, PAUSE):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ._version import __version__
 from .asgi import STATE_KEY, AccessContext, DenialResponse, ZeroTrustMiddleware, get_access
 from .devices import DeviceRecord, DeviceRegistry, FileDeviceRegistry, MemoryDeviceRegistry
 from .engine import Decision, Engine, VerdictRecord
@@ -44,8 +45,6 @@ from .verifiers import (
     Verifier,
     WorkloadVerifier,
 )
-
-from ._version import __version__
 
 __all__ = [
     "STATE_KEY",
