@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import datetime as dt
 import importlib.util
 import io
 import ipaddress
@@ -11,16 +12,29 @@ import json
 import re
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from cryptography import x509
+from starlette.types import Receive, Scope, Send
 
 import zerotrust.events
+from zerotrust import Segment, ZeroTrustMiddleware
 from zerotrust.cli import EXIT_FAILURE, EXIT_OK, main
 from zerotrust.demo import _render_unwrapped, runner, script
-from zerotrust.demo.app import GRANT_ISSUER, REPORT_PATH, WORKSPACE_COUNTRIES, DemoClock
+from zerotrust.demo.app import (
+    GRANT_ISSUER,
+    INTERNAL_PATH,
+    REPORT_PATH,
+    TRUSTED_PROXIES,
+    WORKSPACE_COUNTRIES,
+    DemoClock,
+    build_workload_verifier,
+)
 from zerotrust.demo.client import _parse_response, send_raw_request
 from zerotrust.demo.grants import GrantSteps, StepOutcome, check_grant_events
 from zerotrust.demo.runner import DemoResult
@@ -36,15 +50,26 @@ from zerotrust.demo.script import (
     build_script,
     scripted_requests,
 )
+from zerotrust.demo.workloads import (
+    CLIENT_CERTIFICATE_HEADER,
+    INTERNAL_CALLERS,
+    TRUST_DOMAIN,
+    DemoWorkloads,
+    WorkloadCertificate,
+    generate_workloads,
+)
+from zerotrust.events import MemorySink
 from zerotrust.geo import GeoIP2FastBackend
 from zerotrust.grants import GrantBroker, MemoryGrantStore, generate_signing_key
-from zerotrust.testing import TokenIssuer, serve
+from zerotrust.testing import TokenIssuer, capture_events, serve
+from zerotrust.verifiers import check_spiffe_id
+from zerotrust.verifiers.certificates import parse_certificate
 
 pytestmark = pytest.mark.served
 
 # Every JWT starts with the base64url encoding of '{"', whatever its header holds.
 JWT_PREFIX = "eyJ"
-SCRIPTED_REQUESTS = 33
+SCRIPTED_REQUESTS = 37
 # The mint writes grant_requested, grant_approved and grant_minted, the verifier writes two
 # grant_used (see test_grant_used_only_when_allowed), and the revocation writes grant_revoked.
 GRANT_EVENTS = 5
@@ -127,6 +152,12 @@ def probe_index(steps: list[ScriptStep], condition: Any) -> int:
     return next(
         index for index, step in enumerate(steps) if isinstance(step, Probe) and condition(step)
     )
+
+
+@pytest.fixture(name="workloads", scope="module")
+def fixture_workloads() -> DemoWorkloads:
+    """The demo's CA and workload certificates, valid from now."""
+    return generate_workloads()
 
 
 @pytest.fixture(name="demo_run", scope="module")
@@ -231,14 +262,14 @@ class TestDemoCommand:
         """The report gives the totals, the events file, the event count and the checks."""
         output = demo_run.stdout
 
-        assert "7 allow, 26 deny" in output
+        assert "8 allow, 29 deny" in output
         assert "Denial reasons" in output
         assert str(demo_run.events_path) in output
-        assert "33 access events written for 33 requests" in output
+        assert "37 access events written for 37 requests" in output
         assert "grant events: 5 grant events as expected" in output
-        assert "no token in the events file" in output
-        assert "no token in the printed output" in output
-        assert output.rstrip().splitlines()[-1].startswith("PASS: 33 of 33 requests")
+        assert "no token or private key in the events file" in output
+        assert "no token or private key in the printed output" in output
+        assert output.rstrip().splitlines()[-1].startswith("PASS: 37 of 37 requests")
         assert "2 of 2 grant steps done" in output
 
     def test_wall_time(self, demo_run: DemoRun) -> None:
@@ -311,7 +342,7 @@ class TestDemoCommand:
         if result.schema_check.status == "skipped":
             pytest.skip(result.schema_check.detail)
 
-        assert "33 access events match the access event schema" == result.schema_check.detail
+        assert "37 access events match the access event schema" == result.schema_check.detail
         assert {"access"} == {event["event"] for event in result.events}
 
 
@@ -324,8 +355,8 @@ class TestDemoGrant:
             if (match := re.match(r"\s*(\d+|step)\s{2,}(GET|POST|GRANT|REVOKE)\b", line))
         ]
 
-        assert [str(number) for number in range(1, 29)] == numbers[:28]
-        assert ["step", "29", "30", "31", "32", "step", "33"] == numbers[28:]
+        assert [str(number) for number in range(1, 33)] == numbers[:32]
+        assert ["step", "33", "34", "35", "36", "step", "37"] == numbers[32:]
 
     def test_step_rows(self, demo_run: DemoRun) -> None:
         """The mint and revoke rows name the grant id and send no request."""
@@ -342,12 +373,12 @@ class TestDemoGrant:
             assert line.lstrip().startswith("step")
 
     def test_steps_succeed(self, demo_run: DemoRun) -> None:
-        """The runner minted the grant after request 28 and revoked it after request 32."""
+        """The runner minted the grant after request 32 and revoked it after request 36."""
         (result,) = demo_run.results
         mint, revoke = result.steps
 
         assert (True, True) == (mint.matched, revoke.matched)
-        assert (28, 32) == (mint.after_request, revoke.after_request)
+        assert (32, 36) == (mint.after_request, revoke.after_request)
         assert isinstance(mint.step, MintGrant)
         assert isinstance(revoke.step, RevokeGrant)
 
@@ -516,6 +547,123 @@ class TestDemoGrant:
         assert re.search(r"grant_used\s+1", output)
 
 
+class TestDemoWorkload:
+    @staticmethod
+    def internal_outcome(result: DemoResult, description: str) -> runner.Outcome:
+        """Return the outcome of the internal segment's request with this description."""
+        (outcome,) = [
+            outcome
+            for outcome in result.outcomes
+            if outcome.probe.target == INTERNAL_PATH and outcome.probe.description == description
+        ]
+        return outcome
+
+    def test_allowed_workload(self, demo_run: DemoRun) -> None:
+        """The app tier's certificate opens the internal segment, with its SPIFFE ID as subject."""
+        (result,) = demo_run.results
+        outcome = self.internal_outcome(result, "app tier calls the database tier")
+        event = outcome.event
+        assert event is not None
+        (web_id,) = INTERNAL_CALLERS
+
+        assert (200, "allow") == (outcome.status, outcome.decision)
+        assert "internal" == event["segment"]
+        assert web_id == event["subject"]
+        assert TRUST_DOMAIN == event["issuer"]
+        assert web_id == event["facts"]["workload_id"]
+        assert "proxy" == event["facts"]["client_certificate_source"]
+        assert "127.0.0.1" == event["peer_ip"]
+
+    @pytest.mark.parametrize(
+        ("description", "status", "reason"),
+        [
+            ("batch job calls the database tier", 403, "workload_not_allowed"),
+            ("no client certificate", 401, "client_certificate_missing"),
+            ("app tier, certificate expired", 401, "certificate_expired"),
+        ],
+    )
+    def test_denials(self, demo_run: DemoRun, description: str, status: int, reason: str) -> None:
+        """Each denied service-to-service call gets its status and the verifier's reason code."""
+        (result,) = demo_run.results
+        outcome = self.internal_outcome(result, description)
+        event = outcome.event
+        assert event is not None
+
+        assert (status, "deny", reason) == (outcome.status, outcome.decision, outcome.reason)
+        assert [reason] == event["reasons"]
+        assert "workload" == event["verifiers"][0]["name"]
+
+    def test_refused_workload_named(self, demo_run: DemoRun) -> None:
+        """The refused workload proved who it is, so the event names it as the subject."""
+        (result,) = demo_run.results
+        outcome = outcome_for(result, "workload_not_allowed")
+        assert outcome.event is not None
+        assert outcome.probe.workload is not None
+
+        assert "spiffe://demo.test/ns/batch/sa/report" == outcome.event["subject"]
+        assert outcome.probe.workload.spiffe_id == outcome.event["subject"]
+        assert outcome.probe.workload.spiffe_id not in INTERNAL_CALLERS
+
+    def test_no_subject_without_certificate(self, demo_run: DemoRun) -> None:
+        """Without a valid certificate, the event names no subject."""
+        (result,) = demo_run.results
+        for reason in ("client_certificate_missing", "certificate_expired"):
+            event = outcome_for(result, reason).event
+            assert event is not None
+            assert event["subject"] is None, reason
+
+    def test_no_bearer_token(self, demo_run: DemoRun) -> None:
+        """The service-to-service requests carry a certificate and no bearer token."""
+        (result,) = demo_run.results
+        probes = [o.probe for o in result.outcomes if o.probe.target == INTERNAL_PATH]
+
+        assert 4 == len(probes)
+        assert [None] * 4 == [probe.token for probe in probes]
+        assert 3 == sum(probe.workload is not None for probe in probes)
+
+    def test_table_shows_spiffe_id(self, demo_run: DemoRun) -> None:
+        """The request column names each certificate by its SPIFFE ID, not by its PEM."""
+        (result,) = demo_run.results
+        unwrapped = _render_unwrapped(result)
+
+        assert 2 == unwrapped.count("client certificate spiffe://demo.test/ns/app/sa/web")
+        assert 1 == unwrapped.count("client certificate spiffe://demo.test/ns/batch/sa/report")
+        assert "BEGIN CERTIFICATE" not in demo_run.stdout + unwrapped
+
+    def test_private_keys_searched(self, demo_run: DemoRun) -> None:
+        """The leak checks searched for the private keys of the CA and of every certificate."""
+        (result,) = demo_run.results
+        tokens = {
+            credential
+            for outcome in result.outcomes
+            for credential in runner._credentials(outcome.probe)
+        }
+        signatures = {token.rpartition(".")[2] for token in tokens}
+        markers = set(result.secrets) - tokens - signatures
+
+        # Four keys, each with three PEM lines and the joined body. Only the last line carries
+        # no private bytes, and it is left out if it also occurs in a certificate.
+        assert 12 <= len(markers) <= 16
+        assert all(len(marker) >= 56 for marker in markers)
+
+    def test_no_private_key_printed(self, demo_run: DemoRun) -> None:
+        """No private key appears in the output, folded or not."""
+        (result,) = demo_run.results
+        printed = demo_run.stdout + demo_run.stderr + _render_unwrapped(result)
+
+        assert [] == runner.find_secrets(printed, result.secrets)
+        assert "PRIVATE KEY" not in printed
+
+    def test_no_private_key_written(self, demo_run: DemoRun) -> None:
+        """No private key appears in the events file, and the run wrote no other file."""
+        (result,) = demo_run.results
+        text = demo_run.events_path.read_text()
+
+        assert [] == runner.find_secrets(text, result.secrets)
+        assert "PRIVATE KEY" not in text
+        assert ["events.jsonl"] == [path.name for path in demo_run.events_path.parent.iterdir()]
+
+
 class TestDemoRuns:
     def test_console_script_quiet(self, tmp_path: Path) -> None:
         """The installed ``zerotrust`` script runs the demo and prints one line with --quiet."""
@@ -539,8 +687,10 @@ class TestDemoRuns:
     def test_mismatch_exits_with_1(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """A request whose outcome differs from the script makes the demo exit with 1."""
 
-        def wrong_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
-            probes = build_script(issuer, device_agent)
+        def wrong_script(
+            issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+        ) -> list[ScriptStep]:
+            probes = build_script(issuer, device_agent, workloads)
             probes[0] = replaced(probes[0], expected_status=418)
             return probes
 
@@ -550,13 +700,15 @@ class TestDemoRuns:
 
         assert EXIT_FAILURE == status
         assert "✗" in stdout
-        assert stdout.rstrip().splitlines()[-1].startswith("FAIL: 32 of 33 requests")
+        assert stdout.rstrip().splitlines()[-1].startswith("FAIL: 36 of 37 requests")
 
     def test_missing_fact_fails(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """An expected fact that the event does not record makes the request a mismatch."""
 
-        def wrong_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
-            probes = build_script(issuer, device_agent)
+        def wrong_script(
+            issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+        ) -> list[ScriptStep]:
+            probes = build_script(issuer, device_agent, workloads)
             index = probe_index(probes, lambda probe: probe.expected_facts.get("country") == "US")
             probes[index] = replaced(probes[index], expected_facts={"country": "FR"})
             return probes
@@ -566,15 +718,17 @@ class TestDemoRuns:
         status, stdout, _ = run_main(["demo", "--events", str(tmp_path / "events.jsonl")])
 
         assert EXIT_FAILURE == status
-        assert "FAIL: 32 of 33 requests" in stdout
+        assert "FAIL: 36 of 37 requests" in stdout
 
     def test_mismatch_quiet_names_request(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """With --quiet, a request that did not go as scripted is printed with both outcomes."""
 
-        def wrong_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
-            probes = build_script(issuer, device_agent)
+        def wrong_script(
+            issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+        ) -> list[ScriptStep]:
+            probes = build_script(issuer, device_agent, workloads)
             probes[5] = replaced(probes[5], expected_reason="token_expired")
             return probes
 
@@ -594,8 +748,10 @@ class TestDemoRuns:
     ) -> None:
         """A token printed in the table, even folded across lines, fails the run."""
 
-        def leaking_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
-            probes = build_script(issuer, device_agent)
+        def leaking_script(
+            issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+        ) -> list[ScriptStep]:
+            probes = build_script(issuer, device_agent, workloads)
             probe = probes[1]
             assert isinstance(probe, Probe)
             assert probe.token is not None
@@ -607,16 +763,18 @@ class TestDemoRuns:
         status, stdout, _ = run_main(["demo", "--events", str(tmp_path / "events.jsonl")])
 
         assert EXIT_FAILURE == status
-        assert "token strings found in the output" in stdout
-        assert "FAIL: 33 of 33 requests" in stdout
+        assert "token or private key strings found in the output" in stdout
+        assert "FAIL: 37 of 37 requests" in stdout
 
     def test_device_assertion_in_output_detected(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A device assertion printed in the table fails the run like a bearer token."""
 
-        def leaking_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
-            probes = build_script(issuer, device_agent)
+        def leaking_script(
+            issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+        ) -> list[ScriptStep]:
+            probes = build_script(issuer, device_agent, workloads)
             index = probe_index(probes, lambda probe: probe.device_assertion is not None)
             probe = probes[index]
             assert isinstance(probe, Probe)
@@ -629,7 +787,7 @@ class TestDemoRuns:
         status, stdout, _ = run_main(["demo", "--events", str(tmp_path / "events.jsonl")])
 
         assert EXIT_FAILURE == status
-        assert "token strings found in the output" in stdout
+        assert "token or private key strings found in the output" in stdout
 
     def test_grant_token_in_output_detected(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -648,16 +806,18 @@ class TestDemoRuns:
         status, stdout, _ = run_main(["demo", "--events", str(tmp_path / "events.jsonl")])
 
         assert EXIT_FAILURE == status
-        assert "token strings found in the output" in stdout
-        assert "FAIL: 33 of 33 requests" in stdout
+        assert "token or private key strings found in the output" in stdout
+        assert "FAIL: 37 of 37 requests" in stdout
 
     def test_failed_mint_exits_with_1(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A mint step the broker rejects fails the run and is printed with --quiet."""
 
-        def self_approved(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
-            steps = build_script(issuer, device_agent)
+        def self_approved(
+            issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+        ) -> list[ScriptStep]:
+            steps = build_script(issuer, device_agent, workloads)
             index = next(i for i, step in enumerate(steps) if isinstance(step, MintGrant))
             steps[index] = replaced(steps[index], approver="reader")
             return steps
@@ -687,6 +847,49 @@ class TestDemoRuns:
         assert 2 * (SCRIPTED_REQUESTS + GRANT_EVENTS) == len(lines)
         assert SCRIPTED_REQUESTS == len(results[1].events)
         assert GRANT_EVENTS == len(results[1].grant_events)
+
+    def test_private_key_in_output_detected(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A line of a workload's private key printed in the table fails the run."""
+
+        def leaking_script(
+            issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+        ) -> list[ScriptStep]:
+            probes = build_script(issuer, device_agent, workloads)
+            index = probe_index(probes, lambda probe: probe.workload is not None)
+            description = f"key {workloads.key_markers[0]}"
+            probes[index] = replaced(probes[index], description=description)
+            return probes
+
+        monkeypatch.setattr(runner, "build_script", leaking_script)
+
+        status, stdout, _ = run_main(["demo", "--events", str(tmp_path / "events.jsonl")])
+
+        assert EXIT_FAILURE == status
+        assert "1 token or private key strings found in the output" in stdout
+        assert "FAIL: 37 of 37 requests" in stdout
+
+    def test_wrong_subject_fails(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """An expected subject that the event does not record makes the request a mismatch."""
+
+        def wrong_script(
+            issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+        ) -> list[ScriptStep]:
+            probes = build_script(issuer, device_agent, workloads)
+            index = probe_index(probes, lambda probe: probe.expected_subject is not None)
+            subject = workloads.report.spiffe_id
+            probes[index] = replaced(probes[index], expected_subject=subject)
+            return probes
+
+        monkeypatch.setattr(runner, "build_script", wrong_script)
+
+        status, stdout, _ = run_main(
+            ["demo", "--quiet", "--events", str(tmp_path / "events.jsonl")]
+        )
+
+        assert EXIT_FAILURE == status
+        assert "FAIL: 36 of 37 requests" in stdout
 
     def test_schema_unavailable(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """When the schema cannot be loaded, validation is skipped with a visible message."""
@@ -744,10 +947,136 @@ class TestGeoAddresses:
         assert "US" not in WORKSPACE_COUNTRIES
 
 
+class TestWorkloadCertificates:
+    def test_spiffe_ids(self, workloads: DemoWorkloads) -> None:
+        """Each certificate contains exactly its workload's SPIFFE ID as its one URI SAN."""
+        for workload in (workloads.web, workloads.report, workloads.expired):
+            certificate = parse_certificate(workload.pem)
+            assert (workload.spiffe_id,) == certificate.uri_sans
+            assert check_spiffe_id(workload.spiffe_id) is None
+
+        assert (workloads.web.spiffe_id,) == INTERNAL_CALLERS
+        assert workloads.web.spiffe_id == workloads.expired.spiffe_id
+        assert workloads.report.spiffe_id not in INTERNAL_CALLERS
+
+    def test_issued_by_ca(self, workloads: DemoWorkloads) -> None:
+        """The demo CA signed every workload certificate."""
+        ca = x509.load_pem_x509_certificate(workloads.ca_pem.encode())
+        for workload in (workloads.web, workloads.report, workloads.expired):
+            certificate = x509.load_pem_x509_certificate(workload.pem.encode())
+            certificate.verify_directly_issued_by(ca)
+
+    def test_ca_constraints(self, workloads: DemoWorkloads) -> None:
+        """The CA may sign certificates, and the workload certificates may not."""
+        ca = x509.load_pem_x509_certificate(workloads.ca_pem.encode())
+        leaf = x509.load_pem_x509_certificate(workloads.web.pem.encode())
+
+        assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+    def test_validity(self) -> None:
+        """Two certificates are valid at the given instant, and the expired one ended before it."""
+        now = dt.datetime(2024, 6, 12, 8, 30, tzinfo=dt.UTC)
+        workloads = generate_workloads(now)
+        instant = now.timestamp()
+
+        for workload in (workloads.web, workloads.report):
+            certificate = parse_certificate(workload.pem)
+            assert certificate.not_before < instant < certificate.not_after
+        assert parse_certificate(workloads.expired.pem).not_after < instant
+
+    def test_header_value(self, workloads: DemoWorkloads) -> None:
+        """The header value is URL-encoded PEM that fits on one header line."""
+        value = workloads.web.header_value
+
+        assert workloads.web.pem == urllib.parse.unquote(value)
+        assert re.fullmatch(r"[A-Za-z0-9%._~-]+", value)
+
+    def test_keys_not_in_certificates(self, workloads: DemoWorkloads) -> None:
+        """No key marker occurs in a certificate, so a printed certificate is not a leak."""
+        certificates = [workloads.ca_pem, workloads.web.pem, workloads.report.pem]
+        certificates.append(workloads.expired.pem)
+
+        for marker in workloads.key_markers:
+            assert not any(marker in pem for pem in certificates)
+
+    def test_key_markers_distinct(self, workloads: DemoWorkloads) -> None:
+        """Every key's markers differ, and each is long enough not to match by chance."""
+        markers = workloads.key_markers
+
+        # Four keys, each with three PEM lines and the joined body. Only the last line carries
+        # no private bytes, and it is left out if it also occurs in a certificate.
+        assert len(set(markers)) == len(markers)
+        assert 12 <= len(markers) <= 16
+        assert min(len(marker) for marker in markers) >= 56
+
+    def test_no_private_key_held(self, workloads: DemoWorkloads) -> None:
+        """The result contains certificates and marker strings, and no private key object."""
+        values = [getattr(workloads, field.name) for field in dataclasses.fields(workloads)]
+
+        assert all(isinstance(value, str | tuple | WorkloadCertificate) for value in values)
+        assert "PRIVATE KEY" not in repr(workloads)
+
+    def test_fresh_per_run(self, workloads: DemoWorkloads) -> None:
+        """Each call generates a new CA and new keys."""
+        other = generate_workloads()
+
+        assert workloads.ca_pem != other.ca_pem
+        assert not set(workloads.key_markers) & set(other.key_markers)
+
+
+class TestDemoWorkloadVerifier:
+    @staticmethod
+    async def fetch(pem: str | None, peer: str) -> tuple[int, dict[str, Any]]:
+        """Call the internal segment in-process from ``peer``; return the status and event."""
+
+        async def orders(scope: Scope, receive: Receive, send: Send) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        segment = Segment("internal", paths=["/internal/"], verifiers=[build_workload_verifier()])
+        app = ZeroTrustMiddleware(
+            orders, policy=[segment], trusted_proxies=TRUSTED_PROXIES, events=MemorySink()
+        )
+        headers = {} if pem is None else {CLIENT_CERTIFICATE_HEADER: urllib.parse.quote(pem)}
+        transport = httpx.ASGITransport(app=app, client=(peer, 40000))
+        with capture_events() as events:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://demo.test"
+            ) as client:
+                response = await client.get(INTERNAL_PATH, headers=headers)
+        (event,) = events
+        return response.status_code, event
+
+    async def test_trusted_proxy(self, workloads: DemoWorkloads) -> None:
+        """From loopback, the forwarded certificate of the app tier is accepted."""
+        status, event = await self.fetch(workloads.web.pem, "127.0.0.1")
+
+        assert 200 == status
+        assert workloads.web.spiffe_id == event["subject"]
+
+    async def test_untrusted_peer(self, workloads: DemoWorkloads) -> None:
+        """The certificate header from a peer that is not a trusted proxy is rejected."""
+        status, event = await self.fetch(workloads.web.pem, "192.0.2.10")
+
+        assert 401 == status
+        assert ["client_certificate_from_untrusted_peer"] == event["reasons"]
+        assert event["subject"] is None
+
+    async def test_malformed_header(self) -> None:
+        """A header that is not one PEM certificate is denied as malformed."""
+        status, event = await self.fetch("not a certificate", "127.0.0.1")
+
+        assert 401 == status
+        assert ["malformed_client_certificate"] == event["reasons"]
+
+
 class TestScript:
-    def test_reason_codes(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
+    def test_reason_codes(
+        self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+    ) -> None:
         """The script covers each denial the demo is meant to show."""
-        probes = scripted_requests(build_script(issuer, device_agent))
+        probes = scripted_requests(build_script(issuer, device_agent, workloads))
         reasons = {probe.expected_reason for probe in probes}
 
         assert {
@@ -773,15 +1102,24 @@ class TestScript:
             "grant_path_not_covered",
             "grant_method_not_covered",
             "grant_revoked",
+            "workload_not_allowed",
+            "client_certificate_missing",
+            "certificate_expired",
         } == reasons
 
-    def test_request_count(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
+    def test_request_count(
+        self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+    ) -> None:
         """The script has the number of requests the report tests count on."""
-        assert SCRIPTED_REQUESTS == len(scripted_requests(build_script(issuer, device_agent)))
+        assert SCRIPTED_REQUESTS == len(
+            scripted_requests(build_script(issuer, device_agent, workloads))
+        )
 
-    def test_grant_steps(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
+    def test_grant_steps(
+        self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+    ) -> None:
         """The script mints one grant, then revokes it before the last request."""
-        steps = build_script(issuer, device_agent)
+        steps = build_script(issuer, device_agent, workloads)
         kinds = [type(step).__name__ for step in steps if not isinstance(step, Probe)]
 
         assert ["MintGrant", "RevokeGrant"] == kinds
@@ -789,10 +1127,10 @@ class TestScript:
         assert isinstance(steps[-2], RevokeGrant)
 
     def test_grant_requests_follow_mint(
-        self, issuer: TokenIssuer, device_agent: TokenIssuer
+        self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
     ) -> None:
         """Every request that sends the grant comes after the mint step."""
-        steps = build_script(issuer, device_agent)
+        steps = build_script(issuer, device_agent, workloads)
         mint = next(i for i, step in enumerate(steps) if isinstance(step, MintGrant))
         senders = [
             i for i, step in enumerate(steps) if isinstance(step, Probe) and step.sends_grant
@@ -801,18 +1139,24 @@ class TestScript:
         assert 5 == len(senders)
         assert all(index > mint for index in senders)
 
-    def test_mint_two_person_rule(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
+    def test_mint_two_person_rule(
+        self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+    ) -> None:
         """The mint step's approver is neither the requester nor the subject."""
-        (mint,) = [s for s in build_script(issuer, device_agent) if isinstance(s, MintGrant)]
+        (mint,) = [
+            s for s in build_script(issuer, device_agent, workloads) if isinstance(s, MintGrant)
+        ]
 
         assert mint.approver not in (mint.requested_by, mint.subject)
         assert mint.reason
 
-    def test_workspace_context(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
+    def test_workspace_context(
+        self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+    ) -> None:
         """Every workspace request sets a forwarded client address and a clock instant."""
         probes = [
             probe
-            for probe in scripted_requests(build_script(issuer, device_agent))
+            for probe in scripted_requests(build_script(issuer, device_agent, workloads))
             if probe.target.startswith("/workspace/")
         ]
 
@@ -822,29 +1166,36 @@ class TestScript:
             assert probe.clock in (IN_OFFICE_HOURS, AFTER_HOURS)
 
     def test_earlier_requests_not_forwarded(
-        self, issuer: TokenIssuer, device_agent: TokenIssuer
+        self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
     ) -> None:
         """Only the network and workspace requests send X-Forwarded-For."""
         forwarded = [
             probe.expected_reason or "allow"
-            for probe in scripted_requests(build_script(issuer, device_agent))
+            for probe in scripted_requests(build_script(issuer, device_agent, workloads))
             if probe.forwarded_for is not None and not probe.target.startswith("/workspace/")
         ]
 
         assert ["network_not_allowed"] == forwarded
 
-    def test_device_assertion_claims(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
+    def test_device_assertion_claims(
+        self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+    ) -> None:
         """Assertions come from the device agent, bound to alice except for bob's device."""
-        probes = scripted_requests(build_script(issuer, device_agent))
+        probes = scripted_requests(build_script(issuer, device_agent, workloads))
         assertions = {probe.device_assertion for probe in probes if probe.device_assertion}
         claims = [json.loads(decode(assertion.split(".")[1])) for assertion in assertions]
 
         assert {device_agent.issuer} == {claim["iss"] for claim in claims}
         assert ["alice", "alice", "alice", "bob"] == sorted(claim["user"] for claim in claims)
 
-    def test_path_tricks(self, issuer: TokenIssuer, device_agent: TokenIssuer) -> None:
+    def test_path_tricks(
+        self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+    ) -> None:
         """The raw path tricks are in the script exactly as they go on the wire."""
-        targets = {probe.target for probe in scripted_requests(build_script(issuer, device_agent))}
+        targets = {
+            probe.target
+            for probe in scripted_requests(build_script(issuer, device_agent, workloads))
+        }
 
         assert {
             "/api/../admin/users",

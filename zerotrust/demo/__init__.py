@@ -25,12 +25,15 @@ ZeroTrustMiddleware, both on a loopback address. Then send a scripted set of HTT
 (valid, expired, forged and unsigned tokens, missing scopes and roles, path tricks) and
 compare each decision with the expected one. A workspace segment also checks a signed device
 posture assertion, the client's country (from X-Forwarded-For, which the app trusts from
-loopback) and office hours, judged on a clock the demo sets for each request. Finally, the
-demo mints a just-in-time grant that lets a user without the admin role read one admin report,
-shows where the grant does not reach, and revokes it. The access events and the grant events
-are appended to one JSON lines file. The access events are checked against the access event
-JSON Schema, the grant events are counted by kind, and the file is searched for leaked tokens,
-device assertions and grant tokens.
+loopback) and office hours, judged on a clock the demo sets for each request. An internal
+segment lets only the app tier's workload call it. For that, the demo generates a CA and client
+certificates with SPIFFE IDs in memory. The client forwards a certificate in the
+X-SSL-Client-Cert header, as a TLS-terminating proxy on loopback would. Finally, the demo mints
+a just-in-time grant that lets a user without the admin role read one admin report, shows where
+the grant does not reach, and revokes it. The access events and the grant events are appended
+to one JSON lines file. The access events are checked against the access event JSON Schema,
+the grant events are counted by kind, and the file is searched for leaked tokens, device
+assertions, grant tokens and the private keys of the workload certificates.
 
 Exit status: 0 when every request got the expected status and reason, every grant step
 succeeded and the events file passed every check, 1 otherwise, 2 on a usage error."""
@@ -145,9 +148,10 @@ def run(args: argparse.Namespace) -> int:
     leaked_into_output = find_secrets(printed, result.secrets)
     if not args.quiet:
         if leaked_into_output:
-            console.print(f"  [red]{len(leaked_into_output)} token strings found in the output[/]")
+            found = len(leaked_into_output)
+            console.print(f"  [red]{found} token or private key strings found in the output[/]")
         else:
-            console.print("  [green]no token in the printed output[/]")
+            console.print("  [green]no token or private key in the printed output[/]")
     console.print(summary_line(result, len(leaked_into_output)), markup=False, soft_wrap=True)
 
     return EXIT_OK if result.passed and not leaked_into_output else EXIT_FAILURE

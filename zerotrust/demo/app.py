@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The demo's sample application: four segments behind `ZeroTrustMiddleware`."""
+"""The demo's sample application: five segments behind `ZeroTrustMiddleware`."""
 
 from __future__ import annotations
 
@@ -27,12 +27,15 @@ from ..verifiers import (
     JWTVerifier,
     NetworkVerifier,
     TimeWindowVerifier,
+    WorkloadVerifier,
 )
+from .workloads import CLIENT_CERTIFICATE_HEADER, INTERNAL_CALLERS
 
 __all__ = [
     "AUDIENCE",
     "DEVICE_AUDIENCE",
     "GRANT_ISSUER",
+    "INTERNAL_PATH",
     "OFFICE_HOURS",
     "OFFICE_TIME_ZONE",
     "REPORT_PATH",
@@ -42,6 +45,7 @@ __all__ = [
     "DemoClock",
     "build_demo_app",
     "build_segments",
+    "build_workload_verifier",
 ]
 
 AUDIENCE = "api"
@@ -55,6 +59,8 @@ MAX_POSTURE_AGE = 3600.0
 GRANT_ISSUER = "zerotrust-demo-grants"
 # In the admin area, so only the admin role or a just-in-time grant opens it.
 REPORT_PATH = "/admin/reports/daily"
+# A service-to-service route: the database tier, which only the app tier's workload may call.
+INTERNAL_PATH = "/internal/orders"
 
 
 class DemoClock:
@@ -106,13 +112,15 @@ def build_segments(
     events: EventEmitter,
 ) -> list[Segment]:
     """
-    Build the demo policy: a public health check, a scoped API, an admin area and a workspace.
+    Build the demo policy: a public health check, a scoped API, an admin area, a workspace
+    and an internal segment for service-to-service calls.
 
-    One `JWTVerifier` serves every protected segment, so the JWKS is fetched once. The admin
+    One `JWTVerifier` serves every user-facing segment, so the JWKS is fetched once. The admin
     area also requires a loopback client, and the admin role or a just-in-time grant signed by
     one of ``grant_keys`` and not revoked in ``grant_store``. The workspace requires a managed
     device with fresh posture bound to the user, a client in one of `WORKSPACE_COUNTRIES`, and
-    office hours.
+    office hours. The internal segment requires a client certificate whose SPIFFE ID is one of
+    `INTERNAL_CALLERS`, forwarded by a trusted proxy in `CLIENT_CERTIFICATE_HEADER`.
     """
     identity = JWTVerifier(
         issuer=issuer,
@@ -139,6 +147,7 @@ def build_segments(
         events=events,
         use_event_interval=0,
     )
+    workload = build_workload_verifier()
 
     return [
         Segment("public", paths=["/healthz"], public=True),
@@ -160,7 +169,23 @@ def build_segments(
             verifiers=[identity, device, geo, office_hours],
             scopes={"GET": ["workspace:read"]},
         ),
+        Segment("internal", paths=["/internal/"], verifiers=[workload]),
     ]
+
+
+def build_workload_verifier() -> WorkloadVerifier:
+    """
+    Build the internal segment's check: a client certificate for one of `INTERNAL_CALLERS`.
+
+    The demo serves plain HTTP, so the certificate can only come from a proxy that terminated
+    mutual TLS and verified the chain. The middleware accepts `CLIENT_CERTIFICATE_HEADER` only
+    from `TRUSTED_PROXIES`.
+    """
+    return WorkloadVerifier(
+        allowed_ids=INTERNAL_CALLERS,
+        proxy_header=CLIENT_CERTIFICATE_HEADER,
+        proxy_format="pem",
+    )
 
 
 def build_demo_app(
@@ -212,6 +237,7 @@ def build_demo_app(
             Route("/admin/users", _list_users),
             Route(REPORT_PATH, _daily_report),
             Route("/workspace/documents", _list_documents),
+            Route(INTERNAL_PATH, _list_orders),
             # No segment covers /secret, so the middleware denies it although the route exists.
             Route("/secret", _secret),
         ],
@@ -251,6 +277,12 @@ async def _daily_report(request: Request) -> JSONResponse:
 
 async def _list_documents(_request: Request) -> JSONResponse:
     return JSONResponse({"documents": ["roadmap.md", "budget.xlsx"]})
+
+
+async def _list_orders(request: Request) -> JSONResponse:
+    access = get_access(request)
+    caller = access.subject if access is not None else None
+    return JSONResponse({"orders": [1001, 1002], "caller": caller})
 
 
 async def _secret(_request: Request) -> JSONResponse:

@@ -158,9 +158,12 @@ def print_summary(console: Console, result: DemoResult) -> None:
 
     if result.leaked_into_events:
         found = len(result.leaked_into_events)
-        console.print(f"  [red]{found} token strings found in the events file[/]")
+        console.print(f"  [red]{found} token or private key strings found in the events file[/]")
     else:
-        console.print(f"  [green]no token in the events file[/] ({len(result.secrets)} searched)")
+        searched = len(result.secrets)
+        console.print(
+            f"  [green]no token or private key in the events file[/] ({searched} strings searched)"
+        )
 
 
 def summary_line(result: DemoResult, leaked_into_output: int) -> str:
@@ -175,7 +178,9 @@ def summary_line(result: DemoResult, leaked_into_output: int) -> str:
         f"{result.events_path}",
         f"schema {result.schema_check.status}",
         "grant events as expected" if result.grant_check.passed else "grant events differ",
-        "no token leaked" if leaks == 0 else f"{leaks} token strings leaked",
+        "no token or private key leaked"
+        if leaks == 0
+        else f"{leaks} token or private key strings leaked",
     ]
     verdict = "PASS" if result.passed and leaked_into_output == 0 else "FAIL"
 
@@ -198,8 +203,11 @@ def _print_grant_events(console: Console, result: DemoResult) -> None:
 
 
 def _context(probe: Probe) -> str:
-    """Describe the context the request sets: device assertion, forwarded address, clock."""
+    """Describe what the request sends besides its token: certificate, headers, clock."""
     parts = []
+    if probe.workload is not None:
+        # The SPIFFE ID names the certificate in one line; the PEM would fill the table.
+        parts.append(f"client certificate {probe.workload.spiffe_id}")
     if probe.device_assertion is not None:
         parts.append("device assertion")
     if probe.forwarded_for is not None:

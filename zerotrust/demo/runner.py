@@ -27,6 +27,7 @@ from .grants import (
 )
 from .script import IN_OFFICE_HOURS, Probe, ScriptStep, build_script, scripted_requests
 from .servers import serve_in_thread
+from .workloads import CLIENT_CERTIFICATE_HEADER, generate_workloads
 
 __all__ = [
     "DemoOptions",
@@ -95,6 +96,11 @@ class Outcome:
         return reasons[0] if reasons else None
 
     @property
+    def subject(self) -> str | None:
+        """The ``subject`` of the access event, or ``None``."""
+        return self.event.get("subject") if self.event is not None else None
+
+    @property
     def matched(self) -> bool:
         probe = self.probe
         return (
@@ -102,6 +108,7 @@ class Outcome:
             and self.decision == probe.expected_decision
             and self.reason == probe.expected_reason
             and all(self.facts.get(key) == value for key, value in probe.expected_facts.items())
+            and (probe.expected_subject is None or self.subject == probe.expected_subject)
         )
 
 
@@ -120,8 +127,9 @@ class DemoResult:
 
     Attributes:
         outcomes: One entry per scripted request, in order.
-        secrets: Every token, device assertion and grant token minted for the run, and each
-            one's signature.
+        secrets: Every token, device assertion and grant token minted for the run, each one's
+            signature, and the base64 lines of the private keys behind the workload CA and
+            certificates.
         events_path: The events file.
         steps: One entry per grant step, in order.
         events: The access events this run appended to the file, parsed.
@@ -194,12 +202,13 @@ def run_demo(
     start_offset = _file_size(options.events_path)
     run_id = os.urandom(3).hex()
 
-    progress("Generating signing keys for the token issuer, the device agent and the grants")
+    progress("Generating signing keys, and a CA with certificates for the workloads")
     issuer = TokenIssuer(algorithms=("RS256", "ES256"))
     device_agent = TokenIssuer(issuer=_DEVICE_AGENT_ISSUER, algorithms=("ES256",))
     grant_key = generate_signing_key()
     grant_store = MemoryGrantStore()
-    script = build_script(issuer, device_agent)
+    workloads = generate_workloads()
+    script = build_script(issuer, device_agent, workloads)
     request_count = len(scripted_requests(script))
     memory = MemorySink()
     clock = DemoClock(IN_OFFICE_HOURS)
@@ -246,7 +255,8 @@ def run_demo(
     ]
     credentials = [credential for probe, _, _ in sent for credential in _credentials(probe)]
     credentials.extend(grant_steps.tokens)
-    result = DemoResult(outcomes, _secrets(credentials), options.events_path, steps)
+    secrets = (*_secrets(credentials), *workloads.key_markers)
+    result = DemoResult(outcomes, secrets, options.events_path, steps)
     result.app_url = served.url
     result.geo_load_seconds = demo.geo_load_seconds
 
@@ -312,6 +322,8 @@ async def _send(
         headers["X-Device-Assertion"] = probe.device_assertion
     if probe.forwarded_for is not None:
         headers["X-Forwarded-For"] = probe.forwarded_for
+    if probe.workload is not None:
+        headers[CLIENT_CERTIFICATE_HEADER] = probe.workload.header_value
     body = b'{"name": "gamma"}' if probe.method == "POST" else b""
     if body:
         headers["Content-Type"] = "application/json"

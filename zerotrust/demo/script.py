@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..testing import TokenIssuer
-from .app import DEVICE_AUDIENCE, OFFICE_TIME_ZONE, REPORT_PATH
+from .app import DEVICE_AUDIENCE, INTERNAL_PATH, OFFICE_TIME_ZONE, REPORT_PATH
+from .workloads import DemoWorkloads, WorkloadCertificate
 
 __all__ = [
     "AFTER_HOURS",
@@ -60,6 +61,9 @@ class Probe:
             minted, in the ``X-Zerotrust-Grant`` header. The runner then sets ``grant_token``
             and expects the access event to record the grant's id as the ``grant_id`` fact.
         grant_token: The grant token sent; ``None`` until the runner sets it.
+        workload: The client certificate to forward in `CLIENT_CERTIFICATE_HEADER`, as a
+            TLS-terminating proxy on loopback would.
+        expected_subject: The subject the access event must record; ``None`` to skip the check.
     """
 
     method: str
@@ -74,6 +78,8 @@ class Probe:
     expected_facts: Mapping[str, Any] = field(default_factory=dict)
     sends_grant: bool = False
     grant_token: str | None = None
+    workload: WorkloadCertificate | None = None
+    expected_subject: str | None = None
 
     @property
     def expected_decision(self) -> str:
@@ -131,11 +137,14 @@ GrantStep = MintGrant | RevokeGrant
 ScriptStep = Probe | MintGrant | RevokeGrant
 
 
-def build_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptStep]:
+def build_script(
+    issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+) -> list[ScriptStep]:
     """
     Pair each scripted request with its expected outcome, with the grant steps in between.
 
-    ``issuer`` mints the user tokens and ``device_agent`` the device posture assertions.
+    ``issuer`` mints the user tokens, ``device_agent`` the device posture assertions, and
+    ``workloads`` contains the client certificates of the service-to-service requests.
     """
     reader = issuer.token("reader", scopes=["api:read"], alg="RS256")
     reader_ec = issuer.token("reader-ec", scopes=["api:read"], alg="ES256")
@@ -187,6 +196,7 @@ def build_script(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[ScriptS
             forwarded_for=FOREIGN_ADDRESS,
         ),
         *_workspace_probes(issuer, device_agent),
+        *_internal_probes(workloads),
         *_grant_steps(reader, writer),
     ]
 
@@ -267,6 +277,64 @@ def _workspace_probes(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Pr
             "outside_time_window",
             clock=AFTER_HOURS,
             expected_facts={"local_time": AFTER_HOURS.isoformat()},
+        ),
+    ]
+
+
+def _internal_probes(workloads: DemoWorkloads) -> list[Probe]:
+    """
+    Script the service-to-service segment, which only the app tier's workload may call.
+
+    The requests carry no bearer token: the client certificate names the caller. The
+    certificate's validity period is judged at the request's real arrival time.
+    """
+    web = workloads.web
+
+    def internal(
+        description: str,
+        status: int,
+        reason: str | None = None,
+        *,
+        workload: WorkloadCertificate | None,
+        expected_subject: str | None = None,
+        expected_facts: Mapping[str, Any] | None = None,
+    ) -> Probe:
+        return Probe(
+            "GET",
+            INTERNAL_PATH,
+            description,
+            None,
+            status,
+            reason,
+            workload=workload,
+            expected_subject=expected_subject,
+            expected_facts=expected_facts or {},
+        )
+
+    return [
+        # Allowed: the app tier's workload, named by the SPIFFE ID in its certificate.
+        internal(
+            "app tier calls the database tier",
+            200,
+            workload=web,
+            expected_subject=web.spiffe_id,
+            expected_facts={"workload_id": web.spiffe_id},
+        ),
+        # Denied with 403: a known workload that is not on the allow-list.
+        internal(
+            "batch job calls the database tier",
+            403,
+            "workload_not_allowed",
+            workload=workloads.report,
+            expected_subject=workloads.report.spiffe_id,
+        ),
+        # Denied with 401: no certificate, or one outside its validity period.
+        internal("no client certificate", 401, "client_certificate_missing", workload=None),
+        internal(
+            "app tier, certificate expired",
+            401,
+            "certificate_expired",
+            workload=workloads.expired,
         ),
     ]
 
