@@ -12,6 +12,8 @@ from .access import SCHEMA_VERSION, build_access_event, format_timestamp, new_ev
 from .emitter import EventEmitter
 from .formats import cef_format, ecs_format, json_format, ocsf_format
 from .http import ElasticsearchBulkSink, EventDeliveryError, SplunkHecSink, WebhookSink
+from .metrics import PrometheusSink, metrics_app
+from .otel import OpenTelemetrySink
 from .redaction import SECRET_KEYS, redact_secrets
 from .sinks import JsonLinesSink, MemorySink, Sink, StructlogSink, render_json
 from .sinks_file import RotatingFileSink
@@ -26,7 +28,9 @@ __all__ = [
     "EventEmitter",
     "JsonLinesSink",
     "MemorySink",
+    "OpenTelemetrySink",
     "PostgresSink",
+    "PrometheusSink",
     "RotatingFileSink",
     "SQLiteSink",
     "Sink",
@@ -40,6 +44,7 @@ __all__ = [
     "ecs_format",
     "format_timestamp",
     "json_format",
+    "metrics_app",
     "new_event_id",
     "ocsf_format",
     "redact_secrets",

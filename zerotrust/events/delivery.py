@@ -148,6 +148,10 @@ class SinkChannel:
         self._failures = 0
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._in_flight: list[dict[str, Any]] | None = None
+        if spool:
+            # Replay what an earlier process left in the spool without waiting for new events.
+            self._start()
 
     def offer(self, batch: list[dict[str, Any]]) -> None:
         """Queue a batch for the sink without waiting; never raises."""
@@ -192,6 +196,7 @@ class SinkChannel:
                 if batch is not None:
                     self._queued_events -= len(batch)
                 self._busy = True
+                self._in_flight = batch
             try:
                 self._replay()
                 if batch is not None:
@@ -199,6 +204,7 @@ class SinkChannel:
             finally:
                 with self._condition:
                     self._busy = False
+                    self._in_flight = None
                     self._condition.notify_all()
 
     def _replay_due(self) -> bool:
@@ -261,6 +267,17 @@ class SinkChannel:
         self._failures = 0
         return True
 
+    @property
+    def queued_events(self) -> int:
+        """Events waiting in this channel's queue."""
+        with self._condition:
+            return self._queued_events
+
+    @property
+    def alive(self) -> bool:
+        """Whether the delivery thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wait_idle(self, deadline: float) -> bool:
         """Wait until the queue is empty and no write runs; ``False`` at the deadline."""
         with self._condition:
@@ -285,6 +302,10 @@ class SinkChannel:
         with self._condition:
             self._closed = True
             remaining = list(self._queue)
+            if self._in_flight is not None:
+                # The sink is still writing this batch: keep a copy, since the process may exit
+                # before the write ends. A sink that then succeeds receives it twice on replay.
+                remaining.insert(0, list(self._in_flight))
             self._queue.clear()
             self._queued_events = 0
             self._condition.notify_all()

@@ -259,7 +259,11 @@ class EventEmitter:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         for channel in self.channels:
             channel.close(deadline)
-        for sink in self.sinks:
+        for channel in self.channels:
+            if channel.alive:
+                # Its thread is still inside write(); closing the sink under it could corrupt it.
+                logger.warning("sink %s is still writing; not closing it", channel.sink.name)
+        for sink in (channel.sink for channel in self.channels if not channel.alive):
             try:
                 sink.close()
             except Exception:
