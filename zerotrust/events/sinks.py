@@ -11,18 +11,22 @@ import threading
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import IO, Any
 
-import orjson
 import structlog
 from structlog.typing import Processor
 
+from .formats._common import dumps_line
 from .redaction import redact_secrets
 
 __all__ = ["JsonLinesSink", "MemorySink", "Sink", "StructlogSink", "render_json"]
 
 
 def render_json(_logger: object, _method_name: str, event_dict: MutableMapping[str, Any]) -> bytes:
-    """Render an event dict as one line of compact JSON (bytes, without the newline)."""
-    return orjson.dumps(event_dict, default=str)
+    """
+    Render an event dict as one line of compact JSON (bytes, without the newline).
+
+    Unicode line separators are escaped too, since some readers end a line at them.
+    """
+    return dumps_line(event_dict)
 
 
 class Sink(abc.ABC):

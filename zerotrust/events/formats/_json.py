@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-from ._common import bounded, dumps_line
+from ._common import MAX_FIELD_CHARS, bounded, dumps_line
 
 __all__ = ["json_format", "render_json_line"]
 
@@ -23,6 +23,11 @@ def render_json_line(
     JSON escapes every control character, and the Unicode line separators U+0085, U+2028 and
     U+2029 are escaped as well, so the line never breaks.
     """
+    line = dumps_line(event_dict)
+    if len(line) <= MAX_FIELD_CHARS:
+        # No string in a line this short can reach the cap, so the copy that bounds is skipped:
+        # it costs more than the rendering itself.
+        return line
     return dumps_line(bounded(event_dict))
 
 
