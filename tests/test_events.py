@@ -240,3 +240,15 @@ class TestJsonLinesSinkFormat:
         assert line.startswith(b"CEF:0|")
         assert JWT.encode() not in line
         assert 1 == len(line.splitlines())
+
+
+class TestFileModes:
+    def test_events_file_private(self, tmp_path: Path) -> None:
+        """A new events file is readable by its owner only: events hold personal data."""
+        path = tmp_path / "events.jsonl"
+        sink = JsonLinesSink(path)
+
+        sink.write([{"event": "access"}])
+        sink.close()
+
+        assert 0o600 == path.stat().st_mode & 0o777

@@ -800,3 +800,49 @@ class TestHelp:
         assert EXIT_OK == status
         assert "--force" in output
         assert "0600" in output
+
+
+class TestOnCallAndApproval:
+    def test_revoke_without_signing_key(
+        self, setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Listing and revoking need only the store, so revoking does not require minting power."""
+        setup.run(capsys, *GRANT_ARGS, "--token-only")
+        (record,) = setup.grants_json(capsys)
+        monkeypatch.delenv("ZEROTRUST_GRANT_KEY")
+
+        listed = setup.run(capsys, "grants", "--json")
+        revoked = setup.run(capsys, "revoke", record["grant_id"])
+        minted = setup.run(capsys, *GRANT_ARGS)
+
+        assert EXIT_OK == listed.status, listed.err
+        assert EXIT_OK == revoked.status, revoked.err
+        assert EXIT_OK != minted.status
+        assert "no grant signing key" in minted.err
+
+    def test_require_approval(self, setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+        """With --require-approval, a grant without an approver is refused."""
+        result = setup.run(capsys, *GRANT_ARGS, "--require-approval")
+
+        assert EXIT_OK != result.status
+        assert "requires approval" in result.err
+
+    def test_require_approval_from_environment(
+        self, setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """ZEROTRUST_GRANT_REQUIRE_APPROVAL=1 turns the two-person rule on for every grant."""
+        monkeypatch.setenv("ZEROTRUST_GRANT_REQUIRE_APPROVAL", "1")
+
+        result = setup.run(capsys, *GRANT_ARGS)
+
+        assert EXIT_OK != result.status
+        assert "requires approval" in result.err
+
+    def test_approver_case_insensitive(
+        self, setup: Setup, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A subject cannot approve their own grant by changing the case of their name."""
+        result = setup.run(capsys, *GRANT_ARGS, "--approver", "ALICE")
+
+        assert EXIT_OK != result.status
+        assert "another person must approve it" in result.err

@@ -77,6 +77,8 @@ class TestStepUp:
             ({"auth_time": -60, "acr": "phr", "amr": ["pwd"]}, ["amr_not_satisfied"]),
             ({"auth_time": -60, "acr": "phr", "amr": "mfa"}, ["amr_not_satisfied"]),
             ({"auth_time": "yesterday", "acr": "phr", "amr": ["mfa"]}, ["authentication_too_old"]),
+            ({"auth_time": 3600, "acr": "phr", "amr": ["mfa"]}, ["auth_time_in_future"]),
+            ({"auth_time": 10**8, "acr": "phr", "amr": ["mfa"]}, ["auth_time_in_future"]),
             (
                 {"auth_time": -3600, "acr": 7, "amr": [1]},
                 ["authentication_too_old", "acr_not_satisfied", "amr_not_satisfied"],

@@ -19,6 +19,8 @@ __all__ = ["Decision", "Engine", "VerdictRecord"]
 logger = logging.getLogger("zerotrust.engine")
 
 _MAX_DETAIL = 300
+# Clock skew tolerated between the identity provider and this server for auth_time, in seconds.
+_MAX_AUTH_TIME_SKEW = 60.0
 
 
 class VerdictRecord(NamedTuple):
@@ -242,10 +244,13 @@ def _record(verifier: Verifier, verdict: Verdict, duration: float) -> VerdictRec
 def _step_up(segment: Segment, request: AccessRequest, principal: Principal) -> list[str]:
     """Return the reasons a fresher or stronger authentication is needed (RFC 9470)."""
     reasons = []
-    if segment.max_auth_age is not None and (
-        principal.auth_time is None or request.time - principal.auth_time > segment.max_auth_age
-    ):
-        reasons.append("authentication_too_old")
+    if segment.max_auth_age is not None:
+        auth_time = principal.auth_time
+        if auth_time is None or request.time - auth_time > segment.max_auth_age:
+            reasons.append("authentication_too_old")
+        elif auth_time - request.time > _MAX_AUTH_TIME_SKEW:
+            # A login in the future is no proof of a fresh one: the claim is wrong or forged.
+            reasons.append("auth_time_in_future")
     if segment.acr_values and principal.acr not in segment.acr_values:
         reasons.append("acr_not_satisfied")
     if segment.amr and not segment.amr <= principal.amr:

@@ -83,7 +83,9 @@ class JsonLinesSink(Sink):
         elif target == "stdout":
             self._stream = sys.stdout
         elif isinstance(target, str | os.PathLike):
-            self._stream = open(target, "ab")  # noqa: SIM115 -- closed in close()
+            # Events may hold personal data (subjects, addresses): owner only, as for spools.
+            descriptor = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._stream = os.fdopen(descriptor, "ab")
             self._owned = True
         else:
             self._stream = target

@@ -85,6 +85,11 @@ class IssuedGrant:
     grant: Grant
     token: str = dataclasses.field(repr=False)
 
+    @property
+    def grant_id(self) -> str:
+        """The id of the grant, to list or revoke it."""
+        return self.grant.grant_id
+
 
 class GrantBroker:
     """
@@ -363,10 +368,11 @@ class GrantBroker:
         )
 
     def _check_approver(self, grant: Grant, approver: str) -> None:
-        if approver == grant.requested_by:
+        # Names compare without case, so "ALICE" cannot approve alice's grant.
+        if approver.casefold() == grant.requested_by.casefold():
             message = f"approver {approver!r} requested the grant; another person must approve it"
             raise GrantError("self_approval", message, grant_id=grant.grant_id)
-        if approver == grant.subject:
+        if approver.casefold() == grant.subject.casefold():
             message = (
                 f"approver {approver!r} is the grant's subject; another person must approve it"
             )

@@ -223,11 +223,15 @@ def open_broker(
     *,
     store_must_exist: bool,
     default_limits: GrantLimits | None = None,
+    signs: bool = True,
+    require_approval: bool = False,
 ) -> Iterator[GrantBroker]:
     """
     Build the broker from ``--key``, ``--store`` and ``--events`` or their environment variables.
 
-    On exit, the audit events are written and the events file and the store are closed. Raises
+    Commands that do not sign (``signs=False``: listing, revoking) need no signing key, so the
+    person on call can revoke without being able to mint. On exit, the audit events are
+    written and the events file and the store are closed. Raises
     `CommandError` for a missing or unusable setting, a store error, a `GrantError`, or audit
     events that could not be written.
     """
@@ -236,7 +240,7 @@ def open_broker(
     from .store import SQLiteGrantStore
 
     key_path = _setting(args.key, KEY_VARIABLE)
-    if key_path is None:
+    if key_path is None and signs:
         message = (
             f"no grant signing key: pass --key PATH or set {KEY_VARIABLE} "
             "(create one with 'zerotrust grant-key --out PATH')"
@@ -257,13 +261,21 @@ def open_broker(
         )
         raise CommandError(message)
 
-    signing_key = load_signing_key(key_path)
+    if key_path is not None:
+        signing_key = load_signing_key(key_path)
+    else:
+        from .keys import generate_signing_key
+
+        # The broker wants a key, but this command never signs: a throwaway key serves.
+        signing_key = generate_signing_key()
     events_path = _setting(args.events, EVENTS_VARIABLE)
     emitter = _open_events(events_path)
     store = None
     options: dict[str, Any] = {}
     if default_limits is not None:
         options["default_limits"] = default_limits
+    if require_approval:
+        options["require_approval"] = True
     try:
         store = SQLiteGrantStore(store_path)
         broker = GrantBroker(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
 from . import cli
@@ -51,6 +52,9 @@ come from --key, --store and --events or from {KEY_VARIABLE}, {STORE_VARIABLE} a
 {EVENTS_VARIABLE}.
 
 Exit status: 0 when the grant was minted, 1 when it was not, 2 on a usage error."""
+
+
+APPROVAL_VARIABLE = "ZEROTRUST_GRANT_REQUIRE_APPROVAL"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +110,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="who approved the grant; must differ from the requester and the subject",
     )
     grant.add_argument(
+        "--require-approval",
+        action="store_true",
+        default=os.environ.get(APPROVAL_VARIABLE, "").lower() in ("1", "true", "yes"),
+        help=(
+            "refuse to mint without an --approver (two-person rule); also set by "
+            f"{APPROVAL_VARIABLE}=1"
+        ),
+    )
+    grant.add_argument(
         "--requested-by", metavar="NAME", help="who requests the grant (default: the OS user name)"
     )
     grant.add_argument(
@@ -153,7 +166,12 @@ def _mint(args: argparse.Namespace) -> IssuedGrant:
 
     limits = GrantLimits(default=min(DEFAULT_DURATION, maximum), maximum=maximum)
     requested_by = args.requested_by or os_user()
-    with open_broker(args, store_must_exist=False, default_limits=limits) as broker:
+    with open_broker(
+        args,
+        store_must_exist=False,
+        default_limits=limits,
+        require_approval=args.require_approval,
+    ) as broker:
         start = None if args.start is None else args.start.resolve(cli.clock())
         return broker.mint(
             subject=args.subject,

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     """List the grants; return the exit status."""
     console = None if args.json else rich_console("grants")
     try:
-        with open_broker(args, store_must_exist=True) as broker:
+        with open_broker(args, store_must_exist=True, signs=False) as broker:
             broker.reap()
             grants = broker.list(include_inactive=args.all)
     except CommandError as error:

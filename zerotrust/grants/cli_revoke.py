@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     """Revoke the grant and print the result; return the exit status."""
     try:
         revoked_by = args.revoked_by or os_user()
-        with open_broker(args, store_must_exist=True) as broker:
+        with open_broker(args, store_must_exist=True, signs=False) as broker:
             grant = broker.get(args.grant_id)
             if grant is None:
                 message = (

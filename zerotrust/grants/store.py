@@ -407,6 +407,9 @@ class SQLiteGrantStore(GrantStore):
                 message = f"grant store {self.path} is closed"
                 raise GrantStoreError(message)
             try:
+                if not self.path.exists():
+                    # The store names who may do what: readable by its owner only.
+                    os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
                 # Each thread queries only its own connection; the check is off so that
                 # close() may close every connection from one thread.
                 connection = sqlite3.connect(
