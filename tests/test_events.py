@@ -252,3 +252,42 @@ class TestFileModes:
         sink.close()
 
         assert 0o600 == path.stat().st_mode & 0o777
+
+
+class TestBuiltEventRedaction:
+    def test_detail_and_facts_redacted(self) -> None:
+        """Credentials in a verifier's detail or facts are fingerprinted when the event is built."""
+        import asyncio
+
+        from zerotrust import AccessRequest, Engine, Policy, Segment, Verdict, Verifier
+        from zerotrust.events import build_access_event
+        from zerotrust.request import new_request_id
+        from zerotrust.testing import allow
+
+        class Leaky(Verifier):
+            name = "leaky"
+
+            async def verify(self, request: Any, context: Any) -> Verdict:
+                return Verdict.failed("leaky_failure", f"saw {JWT}", note=f"Bearer {JWT}")
+
+        from starlette.datastructures import Headers
+
+        engine = Engine(Policy([Segment("api", paths=["/api/"], verifiers=[allow(), Leaky()])]))
+        request = AccessRequest(
+            method="GET",
+            path="/api/x",
+            raw_path="/api/x",
+            host="app.test",
+            headers=Headers(raw=[]),
+            client_ip=None,
+            peer_ip=None,
+            request_id=new_request_id(),
+            time=time.time(),
+        )
+        decision = asyncio.run(engine.decide(request))
+
+        event = build_access_event(request, decision, status=403, latency=0.0, decision_time=0.0)
+        line = JsonLinesSink(io.BytesIO()).render(event)
+
+        assert JWT.encode() not in line
+        assert b"[redacted sha256:" in line

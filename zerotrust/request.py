@@ -259,17 +259,25 @@ class TrustedProxies:
         if not values:
             return peer, None
 
+        resolved = self._resolve_chain(tuple(values))
+        if resolved is None:
+            return peer, "malformed_forwarded_header"
+        return resolved, None
+
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 -- bounded, and instances live as long as apps
+    def _resolve_chain(self, values: tuple[str, ...]) -> IPAddress | None:
+        # Proxies send the same few chains again and again, and parsing them costs microseconds.
         try:
             hops = _parse_hops(values, self.header)
         except ValueError:
-            return peer, "malformed_forwarded_header"
+            return None
 
         # Walk from the right: each trusted proxy vouches only for the hop just before it.
         for hop in reversed(hops):
             if hop not in self:
-                return hop, None
+                return hop
 
-        return hops[0], None
+        return hops[0]
 
 
 def _parse_proxy_network(entry: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

@@ -8,13 +8,21 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .._ids import random_bits
+from .redaction import _SCRUBBED as _scrubbed_types
 from .redaction import redact_text
 
 if TYPE_CHECKING:
     from ..engine import Decision
     from ..request import AccessRequest
 
-__all__ = ["SCHEMA_VERSION", "build_access_event", "format_timestamp", "new_event_id"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "ScrubbedDict",
+    "ScrubbedList",
+    "build_access_event",
+    "format_timestamp",
+    "new_event_id",
+]
 
 SCHEMA_VERSION = "1"
 
@@ -65,13 +73,25 @@ _ip_text = functools.lru_cache(maxsize=4096)(str)
 
 
 def _fact_value(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float):
+    """Return a fact value that is safe to log: redacted, cut to size, JSON-ready."""
+    value_type = type(value)
+    if value is None or value_type is bool or value_type is int or value_type is float:
         return value
-    if isinstance(value, str):
-        return _clip(value, _MAX_FACT)
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_fact_value(item) for item in list(value)[:32]]
-    return _clip(str(value), _MAX_FACT)
+    if value_type is not str:
+        if isinstance(value, list | tuple | set | frozenset):
+            return [_fact_value(item) for item in list(value)[:32]]
+        value = str(value)
+    if "eyJ" in value or " " in value:
+        value = redact_text(value)
+    return value if len(value) <= _MAX_FACT else value[:_MAX_FACT] + "...[truncated]"
+
+
+class ScrubbedDict(dict[str, Any]):
+    """A dict built by zerotrust whose strings are already redacted; `redact_secrets` skips it."""
+
+
+class ScrubbedList(list[Any]):
+    """A list built by zerotrust whose strings are already redacted; `redact_secrets` skips it."""
 
 
 def build_access_event(
@@ -96,15 +116,18 @@ def build_access_event(
     """
     principal = decision.principal
     fingerprint = principal.credential_fingerprint if principal is not None else None
-    verifiers = []
+    verifiers = ScrubbedList()
     for record in decision.verdicts:
+        detail = record.detail
+        if detail is not None:
+            detail = _clip(redact_text(detail), _MAX_DETAIL)
         verifiers.append(
             {
-                "name": record.name,
+                "name": redact_text(record.name),
                 "kind": record.kind,
                 "result": record.outcome,
                 "reason": record.reason,
-                "detail": _clip(record.detail, _MAX_DETAIL),
+                "detail": detail,
                 "duration_ms": round(record.duration * 1000, 3),
             }
         )
@@ -151,7 +174,9 @@ def build_access_event(
                 facts.setdefault(key, value)
     facts.pop("credential_fingerprint", None)
     if facts:
-        event["facts"] = {str(key)[:64]: _fact_value(value) for key, value in facts.items()}
+        event["facts"] = ScrubbedDict(
+            (redact_text(str(key)[:64]), _fact_value(value)) for key, value in facts.items()
+        )
     if close_code is not None:
         event["close_code"] = close_code
     if request.problem is not None and request.raw_path != request.path:
@@ -159,3 +184,6 @@ def build_access_event(
         event["raw_path"] = _clip(request.raw_path, _MAX_PATH)
 
     return event
+
+
+_scrubbed_types.update({ScrubbedDict, ScrubbedList})

@@ -37,6 +37,9 @@ _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/\-]+=*")
 _MAX_DEPTH = 8
 _SKIP, _REPLACE, _SCAN = 0, 1, 2
 _SCALARS = frozenset({bool, int, float})
+# Containers the access-event builder already redacted: scanning them again costs more than the
+# rest of rendering. Set by zerotrust.events.access, which imports this module.
+_SCRUBBED: set[type] = set()
 # The action for each key seen so far; event keys repeat, so classifying once saves time.
 _KEY_ACTIONS: dict[object, int] = {}
 _MAX_KEY_ACTIONS = 4096
@@ -141,7 +144,7 @@ def redact_secrets(
         if value_type is str:
             if "eyJ" in value or " " in value:
                 event_dict[key] = redact_text(value)
-        elif value is not None and value_type not in _SCALARS:
+        elif value is not None and value_type not in _SCALARS and value_type not in _SCRUBBED:
             event_dict[key] = _redact(value, 0)
 
     return event_dict

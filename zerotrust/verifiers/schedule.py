@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from array import array
 from collections.abc import Callable, Iterable
@@ -204,6 +205,7 @@ class TimeWindowVerifier(Verifier):
         )
         self.extra_dates = _parse_extra_dates(_as_entries(extra_dates, "extra_dates"))
         self.clock = clock
+        self._last_verdict: tuple[int, Verdict] | None = None
         if not self.windows and not self.extra_dates:
             message = "TimeWindowVerifier needs at least one window in windows= or extra_dates="
             raise ConfigurationError(message, parameter="windows", value=windows)
@@ -247,6 +249,19 @@ class TimeWindowVerifier(Verifier):
             return None
 
     def verify_cached(self, request: AccessRequest, context: VerificationContext) -> Verdict:
+        if self.clock is None and type(request.time) is float and math.isfinite(request.time):
+            # Requests arrive many per second and the verdict only depends on the whole second
+            # (its local_time fact has second precision), so the last one is reused.
+            second = int(request.time // 1)
+            last = self._last_verdict
+            if last is not None and last[0] == second:
+                return last[1]
+            verdict = self._judge(request)
+            self._last_verdict = (second, verdict)
+            return verdict
+        return self._judge(request)
+
+    def _judge(self, request: AccessRequest) -> Verdict:
         local = self.local_time(request)
         if local is None:
             return Verdict.failed("invalid_time", "the time to judge is missing or out of range")
