@@ -26,7 +26,7 @@ Message = dict[str, Any]
 
 
 class RecordingApp:
-    """An ASGI app that records the scopes it receives and answers 200, or accepts websockets."""
+    """An ASGI app that records the scopes it receives and returns 200, or accepts websockets."""
 
     def __init__(self) -> None:
         self.scopes: list[dict[str, Any]] = []
@@ -142,7 +142,7 @@ class TestHttp:
         assert [] == inner.scopes
 
     async def test_401_has_challenge(self) -> None:
-        """An identity failure answers 401 with a Bearer challenge."""
+        """An identity failure returns 401 with a Bearer challenge."""
         app = protect(
             RecordingApp(),
             Segment("api", paths=["/api/"], verifiers=[deny("token_expired", identity=True)]),
@@ -175,7 +175,7 @@ class TestHttp:
         ],
     )
     async def test_path_tricks_denied(self, path: str, raw_path: bytes, reason: str) -> None:
-        """Ambiguous paths are denied before the app sees them, with the reason in the event."""
+        """Ambiguous paths are denied before they reach the app, with the reason in the event."""
         inner = RecordingApp()
         with capture_events() as events:
             sent = await call(protect(inner), http_scope(path, raw_path=raw_path))
@@ -228,7 +228,7 @@ class TestHttp:
         assert ["duplicate_host_header"] == events[0]["reasons"]
 
     async def test_engine_crash_denies(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """A bug inside the engine denies with engine_error instead of answering 500."""
+        """A bug inside the engine denies with engine_error instead of returning 500."""
 
         async def broken(self: Engine, request: object) -> None:
             raise RuntimeError("bug")
@@ -310,7 +310,7 @@ class TestWebsocket:
         return scope
 
     async def test_denied_closes_1008(self) -> None:
-        """A denied handshake is closed with 1008 before the app sees it."""
+        """A denied handshake is closed with 1008 before it reaches the app."""
         inner = RecordingApp()
         with capture_events() as events:
             sent = await call(
@@ -389,7 +389,7 @@ class TestMalformedScope:
 
 class TestMountedApp:
     async def test_decides_on_mounted_route(self) -> None:
-        """Inside a Starlette Mount, segments match the path the mounted router sees."""
+        """Inside a Starlette Mount, segments match the path the mounted router matches."""
         import httpx
         from starlette.applications import Starlette
         from starlette.responses import PlainTextResponse

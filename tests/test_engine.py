@@ -199,21 +199,21 @@ class TestVerdicts:
 
 class TestStatus:
     def test_identity_failure_is_401(self) -> None:
-        """A failed identity verifier answers 401 with an invalid_token challenge."""
+        """A failed identity verifier returns 401 with an invalid_token challenge."""
         decision = decide(deny("token_expired", identity=True))
 
         assert 401 == decision.status
         assert {"error": "invalid_token"} == dict(decision.challenge or {})
 
     def test_context_failure_is_403(self) -> None:
-        """A failed context verifier answers 403 without a challenge."""
+        """A failed context verifier returns 403 without a challenge."""
         decision = decide(allow("alice"), deny("geo_blocked"))
 
         assert 403 == decision.status
         assert decision.challenge is None
 
     def test_no_identity_is_401(self) -> None:
-        """A protected segment where no verifier established a principal answers 401."""
+        """A protected segment where no verifier established a principal returns 401."""
         decision = decide(StaticVerifier("pass"))
 
         assert 401 == decision.status
@@ -340,7 +340,7 @@ class Elevating(Verifier):
 
 class TestElevation:
     def test_elevating_verdict_replaces_roles(self) -> None:
-        """A passed verdict that elevates stands in for the segment's roles."""
+        """A passed verdict that elevates replaces the segment's role requirement."""
         decision = decide(allow("alice", roles=["reader"]), Elevating("alice"), roles=["admin"])
 
         assert decision.allowed

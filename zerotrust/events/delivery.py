@@ -36,7 +36,7 @@ class Spool:
 
     Args:
         directory: Where the files go; created with mode 0700 if missing.
-        max_bytes: The most bytes the spool may hold; a batch that does not fit is refused.
+        max_bytes: The maximum size of the spool in bytes; a batch that does not fit is refused.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int = 64 * 1024 * 1024):
@@ -108,8 +108,8 @@ class SinkChannel:
     Deliver batches to one sink from a thread of its own, so a slow sink delays no other.
 
     While the sink fails, batches go to the spool, if there is one, and are replayed in order
-    once it accepts writes again; retries back off exponentially with jitter. Without a spool,
-    or when the spool is full, a failed batch is lost and counted in `failed` or `dropped`.
+    once it accepts writes again. Retries back off exponentially with jitter. Without a spool,
+    a failed batch is lost and counted in `failed`; when the spool is full, in `dropped`.
 
     Args:
         sink: The sink to deliver to.
@@ -154,7 +154,7 @@ class SinkChannel:
             self._start()
 
     def offer(self, batch: list[dict[str, Any]]) -> None:
-        """Queue a batch for the sink without waiting; never raises."""
+        """Queue a batch for the sink without waiting on the sink."""
         with self._condition:
             if self._queued_events + len(batch) > self.max_queue:
                 self._spill(batch)
@@ -241,8 +241,8 @@ class SinkChannel:
         except Exception as error:  # noqa: BLE001 -- any sink failure keeps the batch
             lost = getattr(error, "failed", None)
             if isinstance(lost, int) and 0 <= lost < len(events):
-                # The sink delivered part of the batch and says how many events it rejected,
-                # such as Elasticsearch bulk item errors: keeping the batch would repeat the rest.
+                # The sink delivered part of the batch and reports how many events it rejected,
+                # such as Elasticsearch bulk item errors, so keeping the batch would repeat the rest.
                 self.failed += lost
                 self.delivered += len(events) - lost
                 logger.warning(

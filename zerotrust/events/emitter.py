@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The event emitter: a bounded queue and a writer thread, so requests never wait on event I/O."""
+"""The event emitter: bounded queues and background threads that keep event I/O off requests."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ class EventEmitter:
     replayed in order when it recovers. Events lost for good are counted, and reported at most
     every ``drop_report_interval`` seconds as an ``events_dropped`` event.
 
-    Threads start on the first event and again after a ``fork``; the queues are flushed when
-    the app's lifespan shuts down, at interpreter exit and on `close`, within a timeout.
+    Threads start on the first event and again after a ``fork``. The queues are flushed, within
+    a timeout, when the app's lifespan shuts down, at interpreter exit and on `close`.
 
     Args:
         sinks: Where events go; JSON lines on standard error by default.
