@@ -242,7 +242,7 @@ class SinkChannel:
             lost = getattr(error, "failed", None)
             if isinstance(lost, int) and 0 <= lost < len(events):
                 # The sink delivered part of the batch and reports how many events it rejected,
-                # such as Elasticsearch bulk item errors, so keeping the batch would repeat the rest.
+                # such as Elasticsearch bulk item errors, so keeping the batch would repeat it.
                 self.failed += lost
                 self.delivered += len(events) - lost
                 logger.warning(
