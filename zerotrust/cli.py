@@ -56,6 +56,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("grant", "zerotrust.grants.cli_grant"),
     Command("grants", "zerotrust.grants.cli_grants"),
     Command("revoke", "zerotrust.grants.cli_revoke"),
+    Command("analyze", "zerotrust.monitor.cli_analyze"),
+    Command("report", "zerotrust.monitor.cli_report"),
 )
 """The registered subcommands, in the order ``--help`` lists them."""
 
