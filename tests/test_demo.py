@@ -26,10 +26,13 @@ import zerotrust.events
 from zerotrust import Segment, ZeroTrustMiddleware
 from zerotrust.cli import EXIT_FAILURE, EXIT_OK, main
 from zerotrust.demo import _render_unwrapped, runner, script
+from zerotrust.demo import app as demo_app
 from zerotrust.demo.app import (
+    BURST_THRESHOLD,
     GRANT_ISSUER,
     INTERNAL_PATH,
     REPORT_PATH,
+    STUFFING_ACCOUNTS,
     TRUSTED_PROXIES,
     WORKSPACE_COUNTRIES,
     DemoClock,
@@ -37,12 +40,16 @@ from zerotrust.demo.app import (
 )
 from zerotrust.demo.client import _parse_response, send_raw_request
 from zerotrust.demo.grants import GrantSteps, StepOutcome, check_grant_events
+from zerotrust.demo.monitoring import DetectionOutcome, check_anomaly_events
 from zerotrust.demo.runner import DemoResult
 from zerotrust.demo.script import (
     AFTER_HOURS,
     ALLOWED_ADDRESS,
+    ATTACK_ADDRESS,
     FOREIGN_ADDRESS,
     IN_OFFICE_HOURS,
+    STUFFING_ADDRESS,
+    AwaitDetection,
     MintGrant,
     Probe,
     RevokeGrant,
@@ -61,6 +68,7 @@ from zerotrust.demo.workloads import (
 from zerotrust.events import MemorySink
 from zerotrust.geo import GeoIP2FastBackend
 from zerotrust.grants import GrantBroker, MemoryGrantStore, generate_signing_key
+from zerotrust.monitor import Detector, run_detectors
 from zerotrust.testing import TokenIssuer, capture_events, serve
 from zerotrust.verifiers import check_spiffe_id
 from zerotrust.verifiers.certificates import parse_certificate
@@ -69,7 +77,11 @@ pytestmark = pytest.mark.served
 
 # Every JWT starts with the base64url encoding of '{"', whatever its header holds.
 JWT_PREFIX = "eyJ"
-SCRIPTED_REQUESTS = 37
+SCRIPTED_REQUESTS = 57
+# Requests before the attack phase: the grant rows end with request 37.
+REQUESTS_BEFORE_ATTACK = 37
+# One denied_burst and one credential_stuffing anomaly, both from the attack phase.
+ANOMALY_EVENTS = 2
 # The mint writes grant_requested, grant_approved and grant_minted, the verifier writes two
 # grant_used (see test_grant_used_only_when_allowed), and the revocation writes grant_revoked.
 GRANT_EVENTS = 5
@@ -184,15 +196,17 @@ class TestDemoCommand:
             assert expected == actual, f"request {number}: {probe.method} {probe.target}"
 
     def test_events_file_lines(self, demo_run: DemoRun) -> None:
-        """The events file has one access event per request and the grant events."""
+        """The events file has one access event per request, the grant and anomaly events."""
         events = read_events(demo_run.events_path)
         (result,) = demo_run.results
         access = [event for event in events if event.get("event") == "access"]
         grants = [event for event in events if event.get("event") in GRANT_EVENT_KINDS]
+        anomalies = [event for event in events if event.get("event") == "anomaly"]
 
         assert len(result.outcomes) == len(access)
         assert GRANT_EVENTS == len(grants)
-        assert len(events) == len(access) + len(grants)
+        assert ANOMALY_EVENTS == len(anomalies)
+        assert len(events) == len(access) + len(grants) + len(anomalies)
         for event in access:
             assert event["decision"] in ("allow", "deny")
 
@@ -262,15 +276,18 @@ class TestDemoCommand:
         """The report gives the totals, the events file, the event count and the checks."""
         output = demo_run.stdout
 
-        assert "8 allow, 29 deny" in output
+        assert "10 allow, 47 deny" in output
         assert "Denial reasons" in output
         assert str(demo_run.events_path) in output
-        assert "37 access events written for 37 requests" in output
+        assert "57 access events written for 57 requests" in output
         assert "grant events: 5 grant events as expected" in output
+        assert "anomaly events: 2 anomaly events from 2 detectors" in output
         assert "no token or private key in the events file" in output
         assert "no token or private key in the printed output" in output
-        assert output.rstrip().splitlines()[-1].startswith("PASS: 37 of 37 requests")
+        assert output.rstrip().splitlines()[-1].startswith("PASS: 57 of 57 requests")
         assert "2 of 2 grant steps done" in output
+        assert "1 of 1 detection steps done" in output
+        assert "57 access, 5 grant and 2 anomaly events written" in output
 
     def test_wall_time(self, demo_run: DemoRun) -> None:
         """The report gives the run's wall time and the time spent loading the geo data."""
@@ -342,21 +359,23 @@ class TestDemoCommand:
         if result.schema_check.status == "skipped":
             pytest.skip(result.schema_check.detail)
 
-        assert "37 access events match the access event schema" == result.schema_check.detail
+        assert "57 access events match the access event schema" == result.schema_check.detail
         assert {"access"} == {event["event"] for event in result.events}
 
 
 class TestDemoGrant:
     def test_table_order(self, demo_run: DemoRun) -> None:
-        """The grant steps appear as rows between the requests they separate."""
+        """The grant and detection steps appear as rows between the requests they separate."""
         numbers = [
             match.group(1)
             for line in demo_run.stdout.splitlines()
-            if (match := re.match(r"\s*(\d+|step)\s{2,}(GET|POST|GRANT|REVOKE)\b", line))
+            if (match := re.match(r"\s*(\d+|step)\s{2,}(GET|POST|GRANT|REVOKE|DETECT)\b", line))
         ]
 
         assert [str(number) for number in range(1, 33)] == numbers[:32]
-        assert ["step", "33", "34", "35", "36", "step", "37"] == numbers[32:]
+        assert ["step", "33", "34", "35", "36", "step", "37"] == numbers[32:39]
+        assert [str(number) for number in range(38, 54)] == numbers[39:55]
+        assert ["step", "54", "55", "56", "57"] == numbers[55:]
 
     def test_step_rows(self, demo_run: DemoRun) -> None:
         """The mint and revoke rows name the grant id and send no request."""
@@ -477,7 +496,7 @@ class TestDemoGrant:
         kinds = [
             event["event"]
             for event in read_events(demo_run.events_path)
-            if event["event"] != "access"
+            if event["event"] not in ("access", "anomaly")
         ]
 
         assert [
@@ -545,6 +564,172 @@ class TestDemoGrant:
         for kind in GRANT_EVENT_KINDS:
             assert kind in output
         assert re.search(r"grant_used\s+1", output)
+
+
+def anomaly_from(result: DemoResult, detector: str) -> dict[str, Any]:
+    """Return the one anomaly event that ``detector`` wrote."""
+    (anomaly,) = [event for event in result.anomaly_events if event["detector"] == detector]
+    return anomaly
+
+
+def described(result: DemoResult, description: str) -> runner.Outcome:
+    """Return the outcome of the scripted request with this description."""
+    (outcome,) = [o for o in result.outcomes if o.probe.description == description]
+    return outcome
+
+
+class TestDemoMonitoring:
+    def test_two_detectors_fired(self, demo_run: DemoRun) -> None:
+        """The attack trips the denied burst and the credential stuffing detectors."""
+        (result,) = demo_run.results
+        (detection,) = result.detections
+
+        assert detection.matched, detection.error
+        assert ["denied_burst", "credential_stuffing"] == detection.detectors
+        assert result.anomaly_check.passed, result.anomaly_check.detail
+        assert {"denied_burst": 1, "credential_stuffing": 1} == result.anomaly_check.counts
+
+    def test_burst_anomaly(self, demo_run: DemoRun) -> None:
+        """The denied burst names carol and only the attacker's address."""
+        (result,) = demo_run.results
+        anomaly = anomaly_from(result, "denied_burst")
+
+        assert "carol" == anomaly["subject"]
+        assert [ATTACK_ADDRESS] == anomaly["distinct_ips"]
+        assert BURST_THRESHOLD + 1 == anomaly["count"]
+
+    def test_stuffing_anomaly(self, demo_run: DemoRun) -> None:
+        """Credential stuffing names the stuffing address and counts each forged token."""
+        (result,) = demo_run.results
+        anomaly = anomaly_from(result, "credential_stuffing")
+
+        assert STUFFING_ADDRESS == anomaly["client_ip"]
+        assert [STUFFING_ADDRESS] == anomaly["distinct_ips"]
+        assert STUFFING_ACCOUNTS == anomaly["count"]
+        assert STUFFING_ACCOUNTS == anomaly["distinct_credentials"]
+
+    def test_anomaly_fields(self, demo_run: DemoRun) -> None:
+        """Each anomaly event has the documented fields and a time to detect."""
+        (result,) = demo_run.results
+        for anomaly in result.anomaly_events:
+            assert "anomaly" == anomaly["event"]
+            for name in ("timestamp", "event_id", "first_seen", "last_seen", "severity"):
+                assert anomaly[name], name
+            assert anomaly["contributing_event_ids"]
+            assert 0 <= anomaly["time_to_detect_ms"] < MAX_WALL_SECONDS * 1000
+
+    def test_anomalies_from_attack_only(self, demo_run: DemoRun) -> None:
+        """Every event behind an anomaly comes from a request of the attack phase."""
+        (result,) = demo_run.results
+        attack_ids = {
+            outcome.event["event_id"]
+            for outcome in result.outcomes[REQUESTS_BEFORE_ATTACK:]
+            if outcome.event is not None
+        }
+        for anomaly in result.anomaly_events:
+            assert set(anomaly["contributing_event_ids"]) <= attack_ids, anomaly["detector"]
+
+    def test_script_before_attack_is_quiet(self, demo_run: DemoRun) -> None:
+        """The demo detectors find nothing in the requests before the attack."""
+        (result,) = demo_run.results
+        events = [outcome.event for outcome in result.outcomes[:REQUESTS_BEFORE_ATTACK]]
+        assert None not in events
+
+        assert [] == run_detectors(
+            [event for event in events if event is not None], demo_app.build_detectors()
+        )
+
+    def test_subject_flag_denies_attacker(self, demo_run: DemoRun) -> None:
+        """Carol from the attacker's address is denied, naming the burst anomaly."""
+        (result,) = demo_run.results
+        outcome = described(result, "carol reads from the attacker's address")
+        anomaly = anomaly_from(result, "denied_burst")
+
+        assert "risk_flagged_subject" == outcome.reason
+        assert ["denied_burst"] == outcome.facts["risk_detectors"]
+        assert [anomaly["event_id"]] == outcome.facts["risk_anomaly_ids"]
+
+    def test_address_flag_denies_reader(self, demo_run: DemoRun) -> None:
+        """A valid reader token from the stuffing address is denied for that address."""
+        (result,) = demo_run.results
+        outcome = described(result, "reader from the stuffing address")
+        anomaly = anomaly_from(result, "credential_stuffing")
+
+        assert "risk_flagged_client_ip" == outcome.reason
+        assert "reader" == outcome.subject
+        assert [anomaly["event_id"]] == outcome.facts["risk_anomaly_ids"]
+
+    def test_no_lockout_from_loopback(self, demo_run: DemoRun) -> None:
+        """Carol and the reader still get in from loopback after the flags."""
+        (result,) = demo_run.results
+        for description in ("carol reads from loopback", "reader from loopback"):
+            outcome = described(result, description)
+            assert outcome.event is not None
+            assert "allow" == outcome.decision, description
+            assert "127.0.0.1" == outcome.event["client_ip"], description
+
+    def test_anomalies_table(self, demo_run: DemoRun) -> None:
+        """The report lists each anomaly with what it flagged and its time to detect."""
+        (result,) = demo_run.results
+        lines = _render_unwrapped(result).splitlines()
+        burst = anomaly_from(result, "denied_burst")
+        (burst_line,) = [line for line in lines if line.lstrip().startswith("denied_burst")]
+        (stuffing_line,) = [
+            line for line in lines if line.lstrip().startswith("credential_stuffing")
+        ]
+
+        assert "Anomalies" in demo_run.stdout
+        assert f"carol / {ATTACK_ADDRESS}" in burst_line
+        assert f"{burst['time_to_detect_ms']:.0f} ms" in burst_line
+        assert f"- / {STUFFING_ADDRESS}" in stuffing_line
+
+    def test_detection_row(self, demo_run: DemoRun) -> None:
+        """The detection step is a row that sends no request and names what fired."""
+        (result,) = demo_run.results
+        lines = _render_unwrapped(result).splitlines()
+        (line,) = [line for line in lines if "DETECT denied_burst, credential_stuffing" in line]
+
+        assert line.lstrip().startswith("step")
+        assert "no request" in line
+        assert "2 fired" in line
+
+
+class TestCheckAnomalyEvents:
+    STEP = AwaitDetection("wait", detectors=("denied_burst", "credential_stuffing"))
+
+    @staticmethod
+    def anomaly(detector: str, event_id: str) -> dict[str, Any]:
+        return {"event": "anomaly", "detector": detector, "event_id": event_id}
+
+    def test_two_detectors_pass(self) -> None:
+        """Anomalies from two detectors, all written, pass."""
+        written = [self.anomaly("denied_burst", "a1"), self.anomaly("credential_stuffing", "a2")]
+        seen = DetectionOutcome(self.STEP, 3, tuple(written), 0.01)
+
+        check = check_anomaly_events(written, [seen])
+
+        assert check.passed, check.detail
+        assert {"denied_burst": 1, "credential_stuffing": 1} == check.counts
+
+    def test_one_detector_fails(self) -> None:
+        """Anomalies from one detector are fewer than the demo requires."""
+        written = [self.anomaly("denied_burst", "a1"), self.anomaly("denied_burst", "a2")]
+
+        check = check_anomaly_events(written, [])
+
+        assert not check.passed
+        assert "from 1 detectors (denied_burst); expected 2" in check.detail
+
+    def test_unwritten_anomaly_fails(self) -> None:
+        """An anomaly the monitor raised but the events file lacks fails the check."""
+        written = [self.anomaly("denied_burst", "a1"), self.anomaly("credential_stuffing", "a2")]
+        lost = self.anomaly("credential_stuffing", "a3")
+        seen = DetectionOutcome(self.STEP, 3, (*written, lost), 0.01)
+
+        check = check_anomaly_events(written, [seen])
+
+        assert not check.passed
+        assert "1 anomalies the monitor raised are missing" in check.detail
 
 
 class TestDemoWorkload:
@@ -700,7 +885,7 @@ class TestDemoRuns:
 
         assert EXIT_FAILURE == status
         assert "✗" in stdout
-        assert stdout.rstrip().splitlines()[-1].startswith("FAIL: 36 of 37 requests")
+        assert stdout.rstrip().splitlines()[-1].startswith("FAIL: 56 of 57 requests")
 
     def test_missing_fact_fails(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """An expected fact that the event does not record makes the request a mismatch."""
@@ -718,7 +903,7 @@ class TestDemoRuns:
         status, stdout, _ = run_main(["demo", "--events", str(tmp_path / "events.jsonl")])
 
         assert EXIT_FAILURE == status
-        assert "FAIL: 36 of 37 requests" in stdout
+        assert "FAIL: 56 of 57 requests" in stdout
 
     def test_mismatch_quiet_names_request(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -764,7 +949,7 @@ class TestDemoRuns:
 
         assert EXIT_FAILURE == status
         assert "token or private key strings found in the output" in stdout
-        assert "FAIL: 37 of 37 requests" in stdout
+        assert "FAIL: 57 of 57 requests" in stdout
 
     def test_device_assertion_in_output_detected(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -807,7 +992,7 @@ class TestDemoRuns:
 
         assert EXIT_FAILURE == status
         assert "token or private key strings found in the output" in stdout
-        assert "FAIL: 37 of 37 requests" in stdout
+        assert "FAIL: 57 of 57 requests" in stdout
 
     def test_failed_mint_exits_with_1(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -844,9 +1029,10 @@ class TestDemoRuns:
 
         assert (EXIT_OK, EXIT_OK) == (first, second)
         lines = events_path.read_text().splitlines()
-        assert 2 * (SCRIPTED_REQUESTS + GRANT_EVENTS) == len(lines)
+        assert 2 * (SCRIPTED_REQUESTS + GRANT_EVENTS + ANOMALY_EVENTS) == len(lines)
         assert SCRIPTED_REQUESTS == len(results[1].events)
         assert GRANT_EVENTS == len(results[1].grant_events)
+        assert ANOMALY_EVENTS == len(results[1].anomaly_events)
 
     def test_private_key_in_output_detected(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -868,7 +1054,7 @@ class TestDemoRuns:
 
         assert EXIT_FAILURE == status
         assert "1 token or private key strings found in the output" in stdout
-        assert "FAIL: 37 of 37 requests" in stdout
+        assert "FAIL: 57 of 57 requests" in stdout
 
     def test_wrong_subject_fails(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """An expected subject that the event does not record makes the request a mismatch."""
@@ -889,7 +1075,7 @@ class TestDemoRuns:
         )
 
         assert EXIT_FAILURE == status
-        assert "FAIL: 36 of 37 requests" in stdout
+        assert "FAIL: 56 of 57 requests" in stdout
 
     def test_schema_unavailable(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """When the schema cannot be loaded, validation is skipped with a visible message."""
@@ -919,6 +1105,50 @@ class TestDemoRuns:
         assert EXIT_FAILURE == status
         assert "pip install 'zerotrust-middleware[geo]'" in stderr
         assert not events_path.exists()
+
+    def test_no_detectors_fails(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without detectors, the detection step, the flagged requests and the check fail."""
+
+        def no_detectors() -> list[Detector]:
+            return []
+
+        monkeypatch.setattr(demo_app, "build_detectors", no_detectors)
+
+        status, stdout, _ = run_main(
+            ["demo", "--quiet", "--events", str(tmp_path / "events.jsonl")]
+        )
+
+        assert EXIT_FAILURE == status
+        assert "FAIL: 55 of 57 requests" in stdout
+        assert "0 of 1 detection steps done" in stdout
+        assert "anomaly events differ" in stdout
+        assert (
+            "detection step 'wait for the monitor to flag the burst and the stuffing': no anomaly "
+            "from denied_burst, credential_stuffing after the events were delivered"
+        ) in stdout
+
+    def test_unexpected_detector_fails(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A detection step waiting for a detector that never fires fails the run."""
+
+        def waits_for_replay(
+            issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+        ) -> list[ScriptStep]:
+            steps = build_script(issuer, device_agent, workloads)
+            index = next(i for i, step in enumerate(steps) if isinstance(step, AwaitDetection))
+            steps[index] = replaced(steps[index], detectors=("token_replay",))
+            return steps
+
+        monkeypatch.setattr(runner, "build_script", waits_for_replay)
+
+        status, stdout, _ = run_main(
+            ["demo", "--quiet", "--events", str(tmp_path / "events.jsonl")]
+        )
+
+        assert EXIT_FAILURE == status
+        assert "no anomaly from token_replay" in stdout
+        assert "57 of 57 requests" in stdout
 
 
 class TestDemoClock:
@@ -1105,6 +1335,8 @@ class TestScript:
             "workload_not_allowed",
             "client_certificate_missing",
             "certificate_expired",
+            "risk_flagged_subject",
+            "risk_flagged_client_ip",
         } == reasons
 
     def test_request_count(
@@ -1118,13 +1350,14 @@ class TestScript:
     def test_grant_steps(
         self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
     ) -> None:
-        """The script mints one grant, then revokes it before the last request."""
+        """The script mints one grant, revokes it before the attack, then awaits detection."""
         steps = build_script(issuer, device_agent, workloads)
         kinds = [type(step).__name__ for step in steps if not isinstance(step, Probe)]
+        revoke = next(i for i, step in enumerate(steps) if isinstance(step, RevokeGrant))
 
-        assert ["MintGrant", "RevokeGrant"] == kinds
-        assert isinstance(steps[-1], Probe)
-        assert isinstance(steps[-2], RevokeGrant)
+        assert ["MintGrant", "RevokeGrant", "AwaitDetection"] == kinds
+        assert isinstance(steps[revoke + 1], Probe)
+        assert REQUESTS_BEFORE_ATTACK == len(scripted_requests(steps[: revoke + 2]))
 
     def test_grant_requests_follow_mint(
         self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
@@ -1168,10 +1401,11 @@ class TestScript:
     def test_earlier_requests_not_forwarded(
         self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
     ) -> None:
-        """Only the network and workspace requests send X-Forwarded-For."""
+        """Before the attack, only the network and workspace requests send X-Forwarded-For."""
+        probes = scripted_requests(build_script(issuer, device_agent, workloads))
         forwarded = [
             probe.expected_reason or "allow"
-            for probe in scripted_requests(build_script(issuer, device_agent, workloads))
+            for probe in probes[:REQUESTS_BEFORE_ATTACK]
             if probe.forwarded_for is not None and not probe.target.startswith("/workspace/")
         ]
 
@@ -1226,6 +1460,44 @@ class TestScript:
 
         assert ["admin"] == json.loads(decode(payload))["roles"]
         assert token.rsplit(".", 1)[1] == signature
+
+    def test_attack_addresses(self) -> None:
+        """The attacker's addresses are in documentation ranges, never a real network."""
+        documentation = [
+            ipaddress.ip_network("192.0.2.0/24"),
+            ipaddress.ip_network("198.51.100.0/24"),
+            ipaddress.ip_network("203.0.113.0/24"),
+        ]
+        for address in (ATTACK_ADDRESS, STUFFING_ADDRESS):
+            parsed = ipaddress.ip_address(address)
+            assert any(parsed in network for network in documentation), address
+
+    def test_attack_sizes(
+        self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+    ) -> None:
+        """The burst crosses the threshold and the stuffing tries enough distinct tokens."""
+        probes = scripted_requests(build_script(issuer, device_agent, workloads))
+        burst = [p for p in probes if p.forwarded_for == ATTACK_ADDRESS and p.method == "POST"]
+        stuffing = [p for p in probes if p.expected_reason == "invalid_signature"]
+        stuffing = [p for p in stuffing if p.forwarded_for == STUFFING_ADDRESS]
+
+        assert BURST_THRESHOLD + 1 == len(burst)
+        assert STUFFING_ACCOUNTS == len({probe.token for probe in stuffing})
+
+    def test_detection_before_feedback(
+        self, issuer: TokenIssuer, device_agent: TokenIssuer, workloads: DemoWorkloads
+    ) -> None:
+        """Every request expecting a risk denial comes after the detection step."""
+        steps = build_script(issuer, device_agent, workloads)
+        detect = next(i for i, step in enumerate(steps) if isinstance(step, AwaitDetection))
+        flagged = [
+            i
+            for i, step in enumerate(steps)
+            if isinstance(step, Probe) and (step.expected_reason or "").startswith("risk_")
+        ]
+
+        assert 2 == len(flagged)
+        assert all(index > detect for index in flagged)
 
     def test_expected_decision(self) -> None:
         """A probe without an expected reason expects an allow, any other a deny."""

@@ -30,13 +30,18 @@ segment lets only the app tier's workload call it. For that, the demo generates 
 certificates with SPIFFE IDs in memory. The client forwards a certificate in the
 X-SSL-Client-Cert header, as a TLS-terminating proxy on loopback would. Finally, the demo mints
 a just-in-time grant that lets a user without the admin role read one admin report, shows where
-the grant does not reach, and revokes it. The access events and the grant events are appended
-to one JSON lines file. The access events are checked against the access event JSON Schema,
-the grant events are counted by kind, and the file is searched for leaked tokens, device
+the grant does not reach, and revokes it. Last comes an attack from documentation-range
+addresses: a burst of denied writes with a stolen token, then forged tokens for many
+accounts. A monitor on the event stream detects both, and the API then denies the flagged
+subject and address, while the same users still get in from loopback. The access, grant and
+anomaly events are appended to one JSON lines file. The access events are checked against the
+access event JSON Schema, the grant events are counted by kind, and the anomaly events are
+compared with what the monitor raised. The file is also searched for leaked tokens, device
 assertions, grant tokens and the private keys of the workload certificates.
 
-Exit status: 0 when every request got the expected status and reason, every grant step
-succeeded and the events file passed every check, 1 otherwise, 2 on a usage error."""
+Exit status: 0 when every request got the expected status and reason, every grant and
+detection step succeeded and the events file passed every check, 1 otherwise, 2 on a usage
+error."""
 
 DEFAULT_EVENTS_PATH = Path("zerotrust-demo-events.jsonl")
 _PIPED_WIDTH = 120
@@ -50,7 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=DEFAULT_EVENTS_PATH,
         metavar="PATH",
-        help="JSON lines file the access and grant events are appended to (default: %(default)s)",
+        help=(
+            "JSON lines file the access, grant and anomaly events are appended to "
+            "(default: %(default)s)"
+        ),
     )
     parser.add_argument(
         "--port",
@@ -135,6 +143,13 @@ def run(args: argparse.Namespace) -> int:
             if not step.matched:
                 console.print(
                     f"grant step {step.step.description!r}: {step.error}",
+                    markup=False,
+                    soft_wrap=True,
+                )
+        for detection in result.detections:
+            if not detection.matched:
+                console.print(
+                    f"detection step {detection.step.description!r}: {detection.error}",
                     markup=False,
                     soft_wrap=True,
                 )

@@ -20,6 +20,14 @@ from starlette.routing import Route
 from ..asgi import ZeroTrustMiddleware, get_access
 from ..events import EventEmitter, Sink
 from ..grants import GrantStore, GrantVerifier
+from ..monitor import (
+    CredentialStuffingDetector,
+    DeniedBurstDetector,
+    Detector,
+    MonitorSink,
+    RiskSignals,
+    RiskVerifier,
+)
 from ..policy import Segment
 from ..verifiers import (
     DeviceVerifier,
@@ -33,17 +41,20 @@ from .workloads import CLIENT_CERTIFICATE_HEADER, INTERNAL_CALLERS
 
 __all__ = [
     "AUDIENCE",
+    "BURST_THRESHOLD",
     "DEVICE_AUDIENCE",
     "GRANT_ISSUER",
     "INTERNAL_PATH",
     "OFFICE_HOURS",
     "OFFICE_TIME_ZONE",
     "REPORT_PATH",
+    "STUFFING_ACCOUNTS",
     "TRUSTED_PROXIES",
     "WORKSPACE_COUNTRIES",
     "DemoApp",
     "DemoClock",
     "build_demo_app",
+    "build_detectors",
     "build_segments",
     "build_workload_verifier",
 ]
@@ -61,6 +72,13 @@ GRANT_ISSUER = "zerotrust-demo-grants"
 REPORT_PATH = "/admin/reports/daily"
 # A service-to-service route: the database tier, which only the app tier's workload may call.
 INTERNAL_PATH = "/internal/orders"
+# Denials of one subject, and failing accounts from one address, that are still normal. Before
+# the attack the script denies the reader and alice 6 times each and fails 6 tokens from
+# loopback, so only the attack crosses these limits.
+BURST_THRESHOLD = 7
+STUFFING_ACCOUNTS = 8
+# Seconds each detector looks back; the whole demo takes a few seconds.
+DETECTOR_WINDOW = 3600.0
 
 
 class DemoClock:
@@ -89,6 +107,8 @@ class DemoApp:
         events: The emitter; closing it flushes every event to the sinks.
         clock: The clock of the office-hours check.
         geo: The country check, whose data the app loads at start-up.
+        monitor: The sink that runs the detectors on the access events.
+        signals: The risk signals the detectors raise and the ``api`` segment reads.
         geo_load_seconds: How long loading the geo data took at start-up, once it has run.
     """
 
@@ -96,6 +116,8 @@ class DemoApp:
     events: EventEmitter
     clock: DemoClock
     geo: GeoVerifier
+    monitor: MonitorSink
+    signals: RiskSignals
     geo_load_seconds: float | None = None
 
 
@@ -110,12 +132,14 @@ def build_segments(
     grant_keys: Mapping[str, Any],
     grant_store: GrantStore,
     events: EventEmitter,
+    signals: RiskSignals,
 ) -> list[Segment]:
     """
     Build the demo policy: a public health check, a scoped API, an admin area, a workspace
     and an internal segment for service-to-service calls.
 
-    One `JWTVerifier` serves every user-facing segment, so the JWKS is fetched once. The admin
+    One `JWTVerifier` serves every user-facing segment, so the JWKS is fetched once. The API
+    also denies requests that an active risk signal in ``signals`` is about. The admin
     area also requires a loopback client, and the admin role or a just-in-time grant signed by
     one of ``grant_keys`` and not revoked in ``grant_store``. The workspace requires a managed
     device with fresh posture bound to the user, a client in one of `WORKSPACE_COUNTRIES`, and
@@ -154,7 +178,7 @@ def build_segments(
         Segment(
             "api",
             paths=["/api/"],
-            verifiers=[identity],
+            verifiers=[identity, RiskVerifier(signals)],
             scopes={"GET": ["api:read"], "POST": ["api:write"]},
         ),
         Segment(
@@ -170,6 +194,19 @@ def build_segments(
             scopes={"GET": ["workspace:read"]},
         ),
         Segment("internal", paths=["/internal/"], verifiers=[workload]),
+    ]
+
+
+def build_detectors() -> list[Detector]:
+    """
+    Build the detectors the demo's monitor runs, with limits small enough for a short attack.
+
+    A denied burst flags the subject only for the addresses the denials came from, and
+    credential stuffing flags the client address, so neither locks out a user elsewhere.
+    """
+    return [
+        DeniedBurstDetector(threshold=BURST_THRESHOLD, window=DETECTOR_WINDOW),
+        CredentialStuffingDetector(subjects=STUFFING_ACCOUNTS, window=DETECTOR_WINDOW),
     ]
 
 
@@ -203,10 +240,15 @@ def build_demo_app(
     Build the protected app, trusting `TRUSTED_PROXIES` to name the client.
 
     ``grant_keys`` are the public keys of the grant broker, so the app can verify grants but
-    never mint them.
+    never mint them. A `MonitorSink` after ``sinks`` runs `build_detectors` on the access
+    events and emits each anomaly through the same emitter, so it reaches ``sinks`` too.
     """
     geo = GeoVerifier(allow_countries=WORKSPACE_COUNTRIES)
-    emitter = EventEmitter(list(sinks), flush_interval=0.05)
+    signals = RiskSignals()
+    monitor = MonitorSink(detectors=build_detectors(), signals=signals)
+    emitter = EventEmitter([*sinks, monitor], flush_interval=0.05)
+    # The emitter takes its sinks at construction, so the monitor learns of it afterwards.
+    monitor.emitter = emitter
     segments = build_segments(
         issuer=issuer,
         jwks_url=jwks_url,
@@ -217,6 +259,7 @@ def build_demo_app(
         grant_keys=grant_keys,
         grant_store=grant_store,
         events=emitter,
+        signals=signals,
     )
     demo: DemoApp
 
@@ -246,7 +289,7 @@ def build_demo_app(
     middleware = ZeroTrustMiddleware(
         app, policy=segments, trusted_proxies=TRUSTED_PROXIES, events=emitter
     )
-    demo = DemoApp(middleware, emitter, clock, geo)
+    demo = DemoApp(middleware, emitter, clock, geo, monitor, signals)
 
     return demo
 

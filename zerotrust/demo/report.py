@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .grants import StepOutcome
+from .monitoring import DetectionOutcome
 from .runner import DemoResult, Outcome
 from .script import MintGrant, Probe
 
@@ -23,10 +24,11 @@ _BAR_WIDTH = 30
 
 def print_outcomes(console: Console, result: DemoResult) -> None:
     """
-    Print one table row per scripted request, and one per grant step where it ran.
+    Print one table row per scripted request, and one per grant or detection step where it ran.
 
-    A request row shows what was sent, expected and received. A grant step row has ``step``
-    in the number column, because the runner called the grant broker and sent no request.
+    A request row shows what was sent, expected and received. A step row has ``step`` in the
+    number column, because the runner called the grant broker or waited for the monitor and
+    sent no request.
     """
     table = Table(title=f"Requests to {result.app_url}", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("#", justify="right")
@@ -37,8 +39,9 @@ def print_outcomes(console: Console, result: DemoResult) -> None:
     table.add_column("reason", overflow="fold")
     table.add_column("", justify="center")
 
-    steps_after: dict[int, list[StepOutcome]] = {}
-    for step in result.steps:
+    steps_after: dict[int, list[StepOutcome | DetectionOutcome]] = {}
+    step_rows: list[StepOutcome | DetectionOutcome] = [*result.steps, *result.detections]
+    for step in step_rows:
         steps_after.setdefault(step.after_request, []).append(step)
 
     for step in steps_after.get(0, []):
@@ -74,8 +77,11 @@ def _add_request_row(table: Table, number: int, outcome: Outcome) -> None:
     )
 
 
-def _add_step_row(table: Table, outcome: StepOutcome) -> None:
-    """Add the row of a grant step: what the broker was asked to do, and the grant id."""
+def _add_step_row(table: Table, outcome: StepOutcome | DetectionOutcome) -> None:
+    """Add the row of a step: for a grant step, what the broker was asked and the grant id."""
+    if isinstance(outcome, DetectionOutcome):
+        _add_detection_row(table, outcome)
+        return
     step = outcome.step
     if isinstance(step, MintGrant):
         methods = ", ".join(step.methods)
@@ -100,6 +106,29 @@ def _add_step_row(table: Table, outcome: StepOutcome) -> None:
         reason = f"[red]{escape(outcome.error or 'no grant')}[/]"
     table.add_row(
         "[dim]step[/]", request, expected, got, "[dim]no request[/]", reason, _mark(outcome.matched)
+    )
+
+
+def _add_detection_row(table: Table, outcome: DetectionOutcome) -> None:
+    """Add the row of a detection step: the detectors expected, and those that fired."""
+    step = outcome.step
+    request = f"[bold]DETECT[/] {escape(', '.join(step.detectors))}"
+    request += f"\n[dim]{escape(step.description)}[/]"
+    fired = outcome.detectors
+    style = "green" if outcome.matched else "red"
+    got = f"[{style}]{len(fired)} fired[/]"
+    reason = escape(", ".join(fired) or "-")
+    reason += f"\n[dim]waited {outcome.waited_seconds * 1000:.0f} ms[/]"
+    if outcome.error is not None:
+        reason += f"\n[red]{escape(outcome.error)}[/]"
+    table.add_row(
+        "[dim]step[/]",
+        request,
+        "fired",
+        got,
+        "[dim]no request[/]",
+        reason,
+        _mark(outcome.matched),
     )
 
 
@@ -128,6 +157,7 @@ def print_summary(console: Console, result: DemoResult) -> None:
         console.print(chart)
 
     _print_grant_events(console, result)
+    _print_anomalies(console, result)
 
     load = result.geo_load_seconds
     loading = f", including {load:.2f} s to load the geo data" if load is not None else ""
@@ -144,8 +174,8 @@ def print_summary(console: Console, result: DemoResult) -> None:
     )
     if result.invalid_lines:
         console.print(
-            f"  [red]{result.invalid_lines} lines are neither access events with a decision "
-            "nor grant events[/]"
+            f"  [red]{result.invalid_lines} lines are neither access events with a decision, "
+            "grant events nor anomaly events[/]"
         )
 
     schema = result.schema_check
@@ -155,6 +185,10 @@ def print_summary(console: Console, result: DemoResult) -> None:
     check = result.grant_check
     check_style = "green" if check.passed else "red"
     console.print(f"  [{check_style}]grant events:[/] {escape(check.detail)}")
+
+    anomaly_check = result.anomaly_check
+    anomaly_style = "green" if anomaly_check.passed else "red"
+    console.print(f"  [{anomaly_style}]anomaly events:[/] {escape(anomaly_check.detail)}")
 
     if result.leaked_into_events:
         found = len(result.leaked_into_events)
@@ -170,14 +204,17 @@ def summary_line(result: DemoResult, leaked_into_output: int) -> str:
     """Return a one-line verdict on the whole run, without markup."""
     matched = sum(outcome.matched for outcome in result.outcomes)
     steps_done = sum(step.matched for step in result.steps)
+    detected = sum(detection.matched for detection in result.detections)
     leaks = len(result.leaked_into_events) + leaked_into_output
     parts = [
         f"{matched} of {len(result.outcomes)} requests as expected",
         f"{steps_done} of {len(result.steps)} grant steps done",
-        f"{len(result.events)} access and {len(result.grant_events)} grant events written to "
-        f"{result.events_path}",
+        f"{detected} of {len(result.detections)} detection steps done",
+        f"{len(result.events)} access, {len(result.grant_events)} grant and "
+        f"{len(result.anomaly_events)} anomaly events written to {result.events_path}",
         f"schema {result.schema_check.status}",
         "grant events as expected" if result.grant_check.passed else "grant events differ",
+        "anomaly events as expected" if result.anomaly_check.passed else "anomaly events differ",
         "no token or private key leaked"
         if leaks == 0
         else f"{leaks} token or private key strings leaked",
@@ -199,6 +236,37 @@ def _print_grant_events(console: Console, result: DemoResult) -> None:
     table.add_column("count", justify="right")
     for kind, count in counts.items():
         table.add_row(kind, str(count))
+    console.print(table)
+
+
+def _print_anomalies(console: Console, result: DemoResult) -> None:
+    """
+    Print one row per anomaly event the run wrote: the detector, what it flagged and how fast.
+
+    The time to detect is the anomaly's ``time_to_detect_ms``: from the first access event
+    that contributed to the one that completed the anomaly, both by event timestamp.
+    """
+    if not result.anomaly_events:
+        return
+
+    console.print()
+    table = Table(title="Anomalies", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("detector")
+    table.add_column("subject / client IP", overflow="fold")
+    table.add_column("count", justify="right")
+    table.add_column("time to detect", justify="right")
+    for anomaly in result.anomaly_events:
+        flagged = anomaly.get("subject") or "-"
+        addresses = anomaly.get("distinct_ips") or [anomaly.get("client_ip") or "-"]
+        flagged += " / " + ", ".join(str(address) for address in addresses)
+        detect_ms = anomaly.get("time_to_detect_ms")
+        detect = f"{detect_ms:.0f} ms" if isinstance(detect_ms, int | float) else "-"
+        table.add_row(
+            escape(str(anomaly.get("detector"))),
+            escape(str(flagged)),
+            str(anomaly.get("count", "-")),
+            detect,
+        )
     console.print(table)
 
 

@@ -25,7 +25,15 @@ from .grants import (
     StepOutcome,
     check_grant_events,
 )
-from .script import IN_OFFICE_HOURS, Probe, ScriptStep, build_script, scripted_requests
+from .monitoring import AnomalyCheck, DetectionOutcome, await_detection, check_anomaly_events
+from .script import (
+    IN_OFFICE_HOURS,
+    AwaitDetection,
+    Probe,
+    ScriptStep,
+    build_script,
+    scripted_requests,
+)
 from .servers import serve_in_thread
 from .workloads import CLIENT_CERTIFICATE_HEADER, generate_workloads
 
@@ -132,12 +140,16 @@ class DemoResult:
             certificates.
         events_path: The events file.
         steps: One entry per grant step, in order.
+        detections: One entry per detection step, in order.
         events: The access events this run appended to the file, parsed.
         grant_events: The grant events this run appended to the file, parsed.
-        invalid_lines: Appended lines that are neither access events with a ``decision`` nor
-            grant events.
+        anomaly_events: The anomaly events this run appended to the file, parsed.
+        invalid_lines: Appended lines that are neither access events with a ``decision``,
+            grant events nor anomaly events.
         schema_check: The JSON Schema validation of the appended access events.
         grant_check: The comparison of the appended grant events with the expected ones.
+        anomaly_check: The comparison of the appended anomaly events with those the monitor
+            raised.
         leaked_into_events: Secrets found in the appended part of the events file.
         app_url: Where the sample app was served.
         wall_seconds: How long the run took, from generating keys to checking the events file.
@@ -148,12 +160,17 @@ class DemoResult:
     secrets: tuple[str, ...]
     events_path: Path
     steps: list[StepOutcome] = field(default_factory=list)
+    detections: list[DetectionOutcome] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     grant_events: list[dict[str, Any]] = field(default_factory=list)
+    anomaly_events: list[dict[str, Any]] = field(default_factory=list)
     invalid_lines: int = 0
     schema_check: SchemaCheck = SchemaCheck("skipped", "not run")
     grant_check: GrantEventCheck = field(
         default_factory=lambda: GrantEventCheck(passed=False, detail="not run")
+    )
+    anomaly_check: AnomalyCheck = field(
+        default_factory=lambda: AnomalyCheck(passed=False, detail="not run")
     )
     leaked_into_events: list[str] = field(default_factory=list)
     app_url: str = ""
@@ -162,9 +179,11 @@ class DemoResult:
 
     @property
     def all_matched(self) -> bool:
-        """Whether every request got its expected outcome and every grant step succeeded."""
-        return all(outcome.matched for outcome in self.outcomes) and all(
-            step.matched for step in self.steps
+        """Whether every request got its expected outcome and every step succeeded."""
+        return (
+            all(outcome.matched for outcome in self.outcomes)
+            and all(step.matched for step in self.steps)
+            and all(detection.matched for detection in self.detections)
         )
 
     @property
@@ -176,6 +195,7 @@ class DemoResult:
             and len(self.events) == len(self.outcomes)
             and self.schema_check.status != "invalid"
             and self.grant_check.passed
+            and self.anomaly_check.passed
             and not self.leaked_into_events
         )
 
@@ -240,8 +260,18 @@ def run_demo(
                 demo.middleware, name="app", host=options.host, port=options.port
             ) as served:
                 progress(f"Sending {request_count} requests to {served.url}")
-                sent, steps = asyncio.run(
-                    _run_script(served.host, served.port, script, run_id, clock, grant_steps)
+                sent, steps, detections = asyncio.run(
+                    _run_script(
+                        served.host,
+                        served.port,
+                        script,
+                        run_id,
+                        clock,
+                        grant_steps,
+                        lambda step, count: await_detection(
+                            step, after_request=count, monitor=demo.monitor, emitter=demo.events
+                        ),
+                    )
                 )
         finally:
             # Closing flushes the queue, so both sinks contain every event before they are read.
@@ -256,7 +286,7 @@ def run_demo(
     credentials = [credential for probe, _, _ in sent for credential in _credentials(probe)]
     credentials.extend(grant_steps.tokens)
     secrets = (*_secrets(credentials), *workloads.key_markers)
-    result = DemoResult(outcomes, secrets, options.events_path, steps)
+    result = DemoResult(outcomes, secrets, options.events_path, steps, detections)
     result.app_url = served.url
     result.geo_load_seconds = demo.geo_load_seconds
 
@@ -279,16 +309,23 @@ async def _run_script(
     run_id: str,
     clock: DemoClock,
     grant_steps: GrantSteps,
-) -> tuple[list[tuple[Probe, int | None, str | None]], list[StepOutcome]]:
+    detect: Callable[[AwaitDetection, int], DetectionOutcome],
+) -> tuple[list[tuple[Probe, int | None, str | None]], list[StepOutcome], list[DetectionOutcome]]:
     """
-    Run the script in order: send each request, and run each grant step between them.
+    Run the script in order: send each request, and run each step between them.
 
-    Returns each request as sent, with its status or the error that stopped it, and the
-    outcome of each grant step. A request that needs a grant when none was minted is not sent.
+    Returns each request as sent, with its status or the error that stopped it, the outcome
+    of each grant step and of each detection step. A request that needs a grant when none was
+    minted is not sent. ``detect`` runs a detection step, given the number of requests sent.
     """
     sent: list[tuple[Probe, int | None, str | None]] = []
     steps: list[StepOutcome] = []
+    detections: list[DetectionOutcome] = []
     for step in script:
+        if isinstance(step, AwaitDetection):
+            # The flush blocks this loop only; the app is served from another thread.
+            detections.append(detect(step, len(sent)))
+            continue
         if not isinstance(step, Probe):
             # The broker and its memory store do no network I/O, so they run on the loop.
             steps.append(grant_steps.run(step, after_request=len(sent)))
@@ -301,7 +338,7 @@ async def _run_script(
         status, failure = await _send(host, port, probe, _request_id(run_id, len(sent)), clock)
         sent.append((probe, status, failure))
 
-    return sent, steps
+    return sent, steps, detections
 
 
 async def _send(
@@ -376,6 +413,7 @@ def _check_events_file(result: DemoResult, start_offset: int) -> None:
 
     Access events are validated against the access event schema, which covers only them.
     Grant events are counted by kind and compared with what the grant steps should cause.
+    Anomaly events are counted by detector and compared with what the monitor raised.
     """
     with result.events_path.open("rb") as file:
         file.seek(start_offset)
@@ -395,6 +433,8 @@ def _check_events_file(result: DemoResult, start_offset: int) -> None:
             result.events.append(event)
         elif event.get("event") in GRANT_EVENT_KINDS:
             result.grant_events.append(event)
+        elif event.get("event") == "anomaly":
+            result.anomaly_events.append(event)
         else:
             result.invalid_lines += 1
 
@@ -413,6 +453,7 @@ def _check_events_file(result: DemoResult, start_offset: int) -> None:
         allowed_request_ids=allowed_ids,
         grant_request_ids=grant_ids,
     )
+    result.anomaly_check = check_anomaly_events(result.anomaly_events, result.detections)
     result.leaked_into_events = find_secrets(appended, result.secrets)
 
 

@@ -12,15 +12,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..testing import TokenIssuer
-from .app import DEVICE_AUDIENCE, INTERNAL_PATH, OFFICE_TIME_ZONE, REPORT_PATH
+from .app import (
+    BURST_THRESHOLD,
+    DEVICE_AUDIENCE,
+    INTERNAL_PATH,
+    OFFICE_TIME_ZONE,
+    REPORT_PATH,
+    STUFFING_ACCOUNTS,
+)
 from .workloads import DemoWorkloads, WorkloadCertificate
 
 __all__ = [
     "AFTER_HOURS",
     "ALLOWED_ADDRESS",
+    "ATTACK_ADDRESS",
     "FOREIGN_ADDRESS",
     "GRANT_DURATION",
     "IN_OFFICE_HOURS",
+    "STUFFING_ADDRESS",
+    "AwaitDetection",
     "GrantStep",
     "MintGrant",
     "Probe",
@@ -36,6 +46,9 @@ AFTER_HOURS = dt.datetime(2024, 6, 12, 19, 30, tzinfo=OFFICE_TIME_ZONE)
 # Public DNS resolvers. The geoip2fast 1.2.2 data places the first in DE and the second in US.
 ALLOWED_ADDRESS = "194.25.0.60"
 FOREIGN_ADDRESS = "8.8.8.8"
+# Documentation ranges (RFC 5737): the attacker's addresses, forwarded by the loopback proxy.
+ATTACK_ADDRESS = "203.0.113.66"
+STUFFING_ADDRESS = "198.51.100.23"
 # Seconds the reader's grant for the daily report lasts, unless it is revoked first.
 GRANT_DURATION = 900.0
 
@@ -133,8 +146,25 @@ class RevokeGrant:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class AwaitDetection:
+    """
+    A step of the demo runner between two requests: wait until the monitor reports anomalies.
+
+    The monitor runs in the event delivery thread, so the runner flushes the emitter before the
+    next request, within a time limit.
+
+    Attributes:
+        description: What the step waits for, in a few words.
+        detectors: The names of the detectors that must have fired.
+    """
+
+    description: str
+    detectors: tuple[str, ...]
+
+
 GrantStep = MintGrant | RevokeGrant
-ScriptStep = Probe | MintGrant | RevokeGrant
+ScriptStep = Probe | MintGrant | RevokeGrant | AwaitDetection
 
 
 def build_script(
@@ -198,6 +228,7 @@ def build_script(
         *_workspace_probes(issuer, device_agent),
         *_internal_probes(workloads),
         *_grant_steps(reader, writer),
+        *_attack_steps(issuer, reader),
     ]
 
 
@@ -401,6 +432,71 @@ def _grant_steps(reader: str, writer: str) -> list[ScriptStep]:
             "grant_revoked",
             sends_grant=True,
         ),
+    ]
+
+
+def _attack_steps(issuer: TokenIssuer, reader: str) -> list[ScriptStep]:
+    """
+    Script an attack from two outside addresses, its detection, and what it changes.
+
+    First carol's stolen token, which may only read, tries to write more than
+    `BURST_THRESHOLD` times from `ATTACK_ADDRESS`. Then `STUFFING_ADDRESS` sends forged tokens
+    for `STUFFING_ACCOUNTS` accounts. Once the monitor has flagged both, the API denies carol
+    from the attacker's address and anyone from the stuffing address. Carol and the reader
+    still get in from loopback: a flag limited to the attacking addresses cannot lock them out.
+    """
+    carol = issuer.token("carol", scopes=["api:read"], alg="ES256")
+    burst = [
+        Probe(
+            "POST",
+            "/api/items",
+            f"carol's stolen token writes, attempt {attempt}",
+            carol,
+            403,
+            "insufficient_scope",
+            forwarded_for=ATTACK_ADDRESS,
+        )
+        for attempt in range(1, BURST_THRESHOLD + 2)
+    ]
+    stuffing = [
+        Probe(
+            "GET",
+            "/api/items",
+            f"forged token for user-{number:02d}",
+            _alter_signature(issuer.token(f"user-{number:02d}", scopes=["api:read"], alg="RS256")),
+            401,
+            "invalid_signature",
+            forwarded_for=STUFFING_ADDRESS,
+        )
+        for number in range(1, STUFFING_ACCOUNTS + 1)
+    ]
+    return [
+        *burst,
+        *stuffing,
+        AwaitDetection(
+            "wait for the monitor to flag the burst and the stuffing",
+            detectors=("denied_burst", "credential_stuffing"),
+        ),
+        Probe(
+            "GET",
+            "/api/items",
+            "carol reads from the attacker's address",
+            carol,
+            403,
+            "risk_flagged_subject",
+            forwarded_for=ATTACK_ADDRESS,
+        ),
+        Probe("GET", "/api/items", "carol reads from loopback", carol, 200),
+        Probe(
+            "GET",
+            "/api/items",
+            "reader from the stuffing address",
+            reader,
+            403,
+            "risk_flagged_client_ip",
+            forwarded_for=STUFFING_ADDRESS,
+        ),
+        Probe("GET", "/api/items", "reader from loopback", reader, 200),
     ]
 
 
