@@ -157,7 +157,7 @@ async def test_analyze_finds_denied_burst(
     assert "denied_burst: 1 anomalies" in out
     assert "mallory" in out
     assert "Summary" in out
-    assert "Read 25 access events from 1 files" in out
+    assert "Read 25 access events from 1 file" in out
     assert "skipped 1 other events" in out
     assert "skipped 3 unparsable lines" in out
 
@@ -618,3 +618,20 @@ def test_demo_events_analyze_and_report(
 
     assert 0 == status
     assert isinstance(json.loads(out), list)
+
+
+def test_analyze_counts_recorded_anomalies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Anomaly events a live monitor wrote into the file are counted next to the replay."""
+    path = tmp_path / "events.jsonl"
+    anomaly = {
+        "event": "anomaly",
+        "detector": "denied_burst",
+        "timestamp": "2026-01-01T00:00:00.000000Z",
+    }
+    path.write_text(json.dumps(anomaly) + "\n")
+
+    main(["analyze", str(path)])
+
+    assert "1 of them anomaly events that a live monitor recorded" in capsys.readouterr().out

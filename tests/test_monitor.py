@@ -304,3 +304,18 @@ class TestAnomalyFormats:
         for anomaly in run_detectors(scripted_attacks()):
             assert anomaly["detector"] in cef_format(anomaly).decode()
             assert anomaly == orjson.loads(json_format(anomaly))
+
+
+def test_signals_snapshot_lists_active() -> None:
+    """snapshot() lists active signals and repr shows how many there are."""
+    import time as clock
+
+    from zerotrust.monitor import RiskSignal, RiskSignals
+
+    signals = RiskSignals()
+    now = clock.time()
+    signals.raise_signal(RiskSignal("client_ip", "203.0.113.9", "d", "r", now, now + 60))
+    signals.raise_signal(RiskSignal("subject", "old", "d", "r", now - 120, now - 60))
+
+    assert ["203.0.113.9"] == [signal.key for signal in signals.snapshot()]
+    assert "<RiskSignals active=1>" == repr(signals)

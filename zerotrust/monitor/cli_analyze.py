@@ -218,9 +218,16 @@ def _print_report(
 
 def _describe_input(stats: offline.LoadStats) -> str:
     readable = len(stats.readable_files)
-    parts = [f"Read {stats.access_events} access events from {readable} files"]
+    files = "file" if readable == 1 else "files"
+    parts = [f"Read {stats.access_events} access events from {readable} {files}"]
     if stats.other_events:
         parts.append(f"skipped {stats.other_events} other events")
+    if stats.recorded_anomalies:
+        # A live monitor may have used other thresholds than this replay's defaults.
+        parts.append(
+            f"{stats.recorded_anomalies} of them anomaly events that a live monitor recorded "
+            "(the replay uses the default thresholds, so its findings may differ)"
+        )
     if stats.unparsable:
         parts.append(f"skipped {stats.unparsable} unparsable lines")
     if stats.before_since:

@@ -102,6 +102,8 @@ class LoadStats:
         unreadable: Each file that could not be opened or read, with the error.
         access_events: Access events passed on.
         other_events: Lines that are JSON objects but not access events, such as grant events.
+        recorded_anomalies: Anomaly events among them: what a live monitor raised, possibly
+            with other thresholds than the replay.
         unparsable: Lines that are not JSON objects or lack a valid ``timestamp``.
         before_since: Access events skipped because they are older than ``since``.
         out_of_order: Access events that came later than the reorder window allows, so they
@@ -112,6 +114,7 @@ class LoadStats:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     access_events: int = 0
     other_events: int = 0
+    recorded_anomalies: int = 0
     unparsable: int = 0
     before_since: int = 0
     out_of_order: int = 0
@@ -129,6 +132,7 @@ class LoadStats:
             "unreadable": [{"path": path, "error": error} for path, error in self.unreadable],
             "access_events": self.access_events,
             "other_events": self.other_events,
+            "recorded_anomalies": self.recorded_anomalies,
             "unparsable_lines": self.unparsable,
             "before_since": self.before_since,
             "out_of_order": self.out_of_order,
@@ -240,6 +244,8 @@ def _read_file(
                     continue
                 if event.get("event") != "access":
                     stats.other_events += 1
+                    if event.get("event") == "anomaly":
+                        stats.recorded_anomalies += 1
                     continue
                 moment = event_time(event)
                 if moment is None:

@@ -96,6 +96,20 @@ class RiskSignals:
         with self._lock:
             self._signals.pop((kind, key), None)
 
+    def snapshot(self) -> list[RiskSignal]:
+        """Return every signal whose cooldown has not ended, for inspection."""
+        with self._lock:
+            now = self.clock()
+            return [
+                signal
+                for signals in self._signals.values()
+                for signal in signals
+                if signal.expires_at > now
+            ]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._signals)
+
+    def __repr__(self) -> str:
+        return f"<RiskSignals active={len(self.snapshot())}>"
