@@ -8,7 +8,6 @@ import collections
 import datetime
 import email.utils
 import gzip
-import ipaddress
 import logging
 import os
 import random
@@ -24,6 +23,7 @@ import httpx
 import orjson
 import structlog
 
+from .._urls import is_allowed_url
 from ..exceptions import ConfigurationError, InfrastructureError
 from .redaction import redact_secrets
 from .sinks import Sink
@@ -42,7 +42,6 @@ logger = logging.getLogger("zerotrust.events")
 EventFormat = Callable[[dict[str, Any]], bytes | str]
 """Turns one redacted event dict into its wire representation."""
 
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 _USER_AGENT = "zerotrust-middleware"
 # 408 and 429 ask the client to try again later. Statuses such as 501 would not change on a retry.
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524})
@@ -682,17 +681,8 @@ class WebhookSink(HttpSink):
 
 
 def _check_url(url: str) -> str:
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme == "https" and parsed.hostname:
+    if is_allowed_url(url):
         return url
-    if parsed.scheme == "http" and parsed.hostname:
-        host = parsed.hostname
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host in _LOOPBACK_NAMES
-        if loopback:
-            return url
     message = f"url {_safe_url(url)!r} must use https (plain http is allowed only on loopback)"
     raise ConfigurationError(message, parameter="url", value=_safe_url(url))
 

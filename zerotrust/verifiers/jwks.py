@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import re
 import time
-import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -17,6 +15,7 @@ import httpx
 import jwt
 from jwt.algorithms import get_default_algorithms
 
+from .._urls import is_allowed_url
 from ..exceptions import ConfigurationError, KeySetUnavailableError
 
 __all__ = [
@@ -43,7 +42,6 @@ _KEY_TYPES: dict[str, tuple[str, frozenset[str] | None]] = {
 }
 ASYMMETRIC_ALGORITHMS = frozenset(_KEY_TYPES) - HMAC_ALGORITHMS
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d{1,10})")
-_LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 _MIN_HMAC_SECRET_BYTES = 32
 _RETRY_DELAY = 5.0
 
@@ -236,17 +234,8 @@ def _key_to_jwk(key: Any, algorithms: frozenset[str]) -> Mapping[str, Any]:
 
 
 def _check_url(url: str) -> str:
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme == "https" and parsed.hostname:
+    if is_allowed_url(url):
         return url
-    if parsed.scheme == "http" and parsed.hostname:
-        host = parsed.hostname
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host in _LOOPBACK_NAMES
-        if loopback:
-            return url
     message = f"jwks_url {url!r} must use https (plain http is allowed only on loopback)"
     raise ConfigurationError(message, parameter="jwks_url", value=url)
 
