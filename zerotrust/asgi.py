@@ -122,7 +122,7 @@ class ZeroTrustMiddleware:
     """
     Verify every HTTP and websocket request against a policy before it reaches the app.
 
-    Lifespan messages pass through unchanged; the middleware only watches them to fetch JWKS
+    Lifespan messages pass through unchanged. The middleware only watches them, to fetch JWKS
     keys when the app has started and to flush events when it stops.
 
     Args:

@@ -104,7 +104,7 @@ class DeviceRecord:
 
 class DeviceRegistry(abc.ABC):
     """
-    Where a `DeviceVerifier` looks up devices by device id or certificate fingerprint.
+    The store a `DeviceVerifier` looks up devices in, by device id or certificate fingerprint.
 
     Implement `get` for a shared store (a database, an MDM API). Override `get_cached` too when
     some records can be returned without I/O, so the verifier can skip the async path.

@@ -113,7 +113,8 @@ class SinkChannel:
 
     Args:
         sink: The sink to deliver to.
-        max_queue: The most events waiting for this sink; more spill to the spool or are dropped.
+        max_queue: Maximum number of events waiting for this sink; more spill to the spool or
+            are dropped.
         spool: Where batches wait while the sink is down, or ``None``.
         retry_initial: Seconds before the first retry after a failure.
         retry_max: The longest wait between retries.

@@ -53,8 +53,8 @@ class EventEmitter:
         max_queue: Most events waiting for the writer thread.
         batch_size: Most events handed to a sink in one call.
         flush_interval: Seconds the writer thread waits before writing a batch that is not
-            full; also the longest an event waits in the queue when traffic is light.
-        max_sink_queue: Most events waiting for one sink; more spill to its spool.
+            full. It is also the maximum time an event waits in the queue when traffic is light.
+        max_sink_queue: Maximum number of events waiting for one sink; more spill to its spool.
         spool_dir: Directory for the spools, one subdirectory per sink; no spool when ``None``.
         spool_max_bytes: Largest size of one sink's spool.
         retry_initial: Seconds before a failed sink is tried again; doubles up to ``retry_max``.

@@ -106,7 +106,7 @@ class SyslogSink(Sink):
     event's own ``timestamp``, MSGID its ``event`` type (``access``, ``grant_minted``...), SD one
     element ``[zerotrust@32473 decision=... segment=... reason=... request_id=... subject=...
     client_ip=... event_id=...]`` with absent fields left out, and MSG the formatted event,
-    prefixed with a UTF-8 byte order mark as RFC 5424 asks for UTF-8 text. ``reason`` joins all
+    prefixed with a UTF-8 byte order mark as RFC 5424 requires for UTF-8 text. ``reason`` joins all
     reason codes with commas.
 
     Over UDP (RFC 5426) each message is one datagram. Over TCP (RFC 6587) and TLS (RFC 5425)

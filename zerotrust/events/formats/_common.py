@@ -27,9 +27,9 @@ __all__ = [
 ]
 
 MAX_FIELD_CHARS = 4096
-"""Longest string value a format writes; longer values are cut and end in `TRUNCATION_MARKER`."""
+"""Maximum length of a string a format writes; longer ones end in `TRUNCATION_MARKER`."""
 MAX_LIST_ITEMS = 128
-"""Longest list a format writes; further items are dropped."""
+"""Maximum number of list items a format writes; further items are dropped."""
 TRUNCATION_MARKER = "...[truncated]"
 _MAX_DEPTH = 8
 
