@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import random
@@ -53,6 +54,8 @@ class Spool:
                 self._segments.append((int(path.stem), path, path.stat().st_size))
         self._next = self._segments[-1][0] + 1 if self._segments else 0
         self.bytes = sum(size for _, _, size in self._segments)
+        # Consecutive batches that could not be written; 0 once a write succeeds again.
+        self.write_errors = 0
 
     def __bool__(self) -> bool:
         return bool(self._segments)
@@ -61,19 +64,35 @@ class Spool:
         return len(self._segments)
 
     def append(self, events: list[dict[str, Any]]) -> bool:
-        """Store a batch as one file; ``False`` when it does not fit in ``max_bytes``."""
+        """
+        Store a batch as one file; ``False`` when it does not fit in ``max_bytes`` or the file
+        cannot be written, such as on a full disk.
+        """
         payload = b"".join(orjson.dumps(event, default=str) + b"\n" for event in events)
         with self._lock:
             if self.bytes + len(payload) > self.max_bytes:
                 return False
             number = self._next
-            self._next += 1
             path = self.directory / f"{number:012d}{_SEGMENT_SUFFIX}"
             temporary = path.with_suffix(".tmp")
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(payload)
-            temporary.replace(path)
+            try:
+                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+                with os.fdopen(descriptor, "wb") as file:
+                    file.write(payload)
+                temporary.replace(path)
+            except OSError as error:
+                # A full disk or a lost directory: the batch is refused like one that does not
+                # fit, and the sink's thread lives on.
+                with contextlib.suppress(OSError):
+                    temporary.unlink(missing_ok=True)
+                if not self.write_errors:
+                    logger.warning("cannot write to spool %s: %s", self.directory, error)
+                self.write_errors += 1
+                return False
+            if self.write_errors:
+                logger.warning("spool %s is writable again", self.directory)
+                self.write_errors = 0
+            self._next += 1
             self._segments.append((number, path, len(payload)))
             self.bytes += len(payload)
         return True

@@ -215,7 +215,7 @@ class EventEmitter:
                 "event_id": new_event_id(),
                 "sink": channel.sink.name,
                 "count": count,
-                "reason": "spool_full" if channel.spool is not None else "sink_queue_full",
+                "reason": _drop_reason(channel),
             }
             logger.warning("sink %s dropped %d events", channel.sink.name, count)
             self._put((report,))
@@ -268,6 +268,12 @@ class EventEmitter:
                 sink.close()
             except Exception:
                 logger.exception("closing sink %s failed", sink.name)
+
+
+def _drop_reason(channel: SinkChannel) -> str:
+    if channel.spool is None:
+        return "sink_queue_full"
+    return "spool_unwritable" if channel.spool.write_errors else "spool_full"
 
 
 def _spool_for(

@@ -34,6 +34,13 @@ SECRET_KEYS = frozenset(
 # Three base64url parts starting with an encoded JSON object: a JWS or JWT in compact form.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*")
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/\-]+=*")
+# ``password=...`` or ``"api_key": "..."`` inside free text, such as an exception message.
+_NAMED_SECRET = re.compile(
+    r"(?i)(\b(?:password|passwd|pwd|secret|client_secret|api[_-]?key|access_token|refresh_token"
+    r"|id_token|token|private_key)[\"']?\s*[=:]\s*)(?!\[redacted)(\"[^\"]*\"|'[^']*'|[^\s,;&\"'}]+)"
+)
+# The password in a URL's user information: ``postgresql://user:password@host``.
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@]*:)([^/\s@]+)@")
 _MAX_DEPTH = 8
 _SKIP, _REPLACE, _SCAN = 0, 1, 2
 _SCALARS = frozenset({bool, int, float})
@@ -77,21 +84,39 @@ def _fingerprint_credential(match: re.Match[str]) -> str:
     return f"{match[1]} {_fingerprint(match)}"
 
 
+def _mask_named(match: re.Match[str]) -> str:
+    # No fingerprint: a password is often guessable, and its hash would help the guessing.
+    return f"{match[1]}[redacted]"
+
+
+def _mask_url_password(match: re.Match[str]) -> str:
+    return f"{match[1]}[redacted]@"
+
+
 def redact_text(value: str) -> str:
-    """Replace compact JWTs and ``Bearer``/``Basic`` credentials in a string by fingerprints."""
+    """
+    Replace secrets in free text: compact JWTs and ``Bearer``/``Basic`` credentials by
+    fingerprints; the value of a ``name=value`` pair whose name says secret (``password=``,
+    ``api_key:``...) and the password in a URL such as ``postgresql://user:password@host`` by
+    ``[redacted]``.
+    """
     if "eyJ" in value:
         value = _JWT.sub(_fingerprint, value)
     if " " in value:
         lowered = value.lower()
         if "bearer" in lowered or "basic" in lowered:
             value = _BEARER.sub(_fingerprint_credential, value)
+    if "=" in value or ":" in value:
+        value = _NAMED_SECRET.sub(_mask_named, value)
+        if "@" in value:
+            value = _URL_PASSWORD.sub(_mask_url_password, value)
     return value
 
 
 def _redact(value: Any, depth: int) -> Any:
     """Redact inside a nested value; containers are changed in place to avoid copies."""
     if isinstance(value, str):
-        if "eyJ" in value or " " in value:
+        if "eyJ" in value or " " in value or "=" in value or ":" in value:
             return redact_text(value)
         return value
     if depth >= _MAX_DEPTH:
