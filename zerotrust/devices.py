@@ -4,18 +4,24 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import datetime
 import enum
 import json
 import re
 import threading
+import time
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import orjson
+from cachetools import LRUCache
+
 from .exceptions import ConfigurationError, InfrastructureError
+from .state.base import FailureMode, StateStore, StateUnavailableError, check_failure_mode
 
 __all__ = [
     "NOT_CACHED",
@@ -24,12 +30,14 @@ __all__ = [
     "DeviceRegistryError",
     "FileDeviceRegistry",
     "MemoryDeviceRegistry",
+    "StateDeviceRegistry",
     "normalize_fingerprint",
 ]
 
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+\-]{0,127}")
 _MAX_FILE_BYTES = 64 * 1024 * 1024
+_DEVICE_TABLE = "device"
 
 
 class _CacheMiss(enum.Enum):
@@ -380,3 +388,163 @@ def _build_index(records: Iterable[DeviceRecord], where: str) -> dict[str, Devic
             index[key] = record
 
     return index
+
+
+class StateDeviceRegistry(DeviceRegistry):
+    """
+    Devices in a `StateStore`, such as a `~zerotrust.state.RedisStateStore` that every worker
+    and host shares, so a device revoked in one place is refused everywhere on its next
+    request.
+
+    Each device is stored under its id and under each certificate fingerprint, so a lookup
+    by either key is one read, in the same round trip as the other verifiers' reads. Entries
+    expire ``ttl`` seconds after they were last written: let the job that syncs your device
+    management write them again well within that time. An expired device is unknown, and
+    unknown devices are denied.
+
+    While the store is unavailable, `get` raises `DeviceRegistryError` (the verifier denies
+    with ``device_registry_unavailable``), unless ``on_failure`` is ``degrade``: then it
+    returns the record this process read last for that key, and still raises for a key it
+    never read.
+
+    .. warning:: With ``on_failure="degrade"``, a device revoked during an outage stays
+        accepted by the workers that saw it enrolled until the store answers again.
+
+    Args:
+        state: Where the devices are kept.
+        ttl: Seconds an entry lives after it was written.
+        on_failure: ``fail_closed`` or ``degrade``.
+        max_known: Most records remembered in this process for ``degrade``.
+
+    .. versionadded:: 0.7
+    """
+
+    def __init__(
+        self,
+        state: StateStore,
+        *,
+        ttl: float = 30 * 86400.0,
+        on_failure: FailureMode = "fail_closed",
+        max_known: int = 10_000,
+    ) -> None:
+        if not isinstance(state, StateStore):
+            message = f"state must be a StateStore, not {type(state).__name__}"
+            raise ConfigurationError(message, parameter="state", value=state)
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < 1e9:
+            message = f"ttl must be a positive number of seconds, not {ttl!r}"
+            raise ConfigurationError(message, parameter="ttl", value=ttl)
+        self.state = state
+        self.ttl = float(ttl)
+        self.on_failure = check_failure_mode(on_failure)
+        self._known: LRUCache[str, DeviceRecord | None] = LRUCache(maxsize=max_known)
+
+    async def get(self, key: str) -> DeviceRecord | None:
+        try:
+            (value,) = await self.state.get_records(_DEVICE_TABLE, [key])
+        except StateUnavailableError as error:
+            return self._fallback(key, error)
+        return self._remember(key, value)
+
+    def get_cached(self, key: str) -> DeviceRecord | Literal[_CacheMiss.NOT_CACHED] | None:
+        if not self.state.local_reads:
+            return NOT_CACHED
+        try:
+            value = self.state.get_record(_DEVICE_TABLE, key)
+        except StateUnavailableError as error:
+            return self._fallback(key, error)
+        return self._remember(key, value)
+
+    def put(self, record: DeviceRecord) -> None:
+        """
+        Enrol or update a device; blocks on I/O, so call it from a thread or a script.
+
+        Raises:
+            ConfigurationError: for an invalid record, or a fingerprint or id that belongs to
+                another device.
+            DeviceRegistryError: when the store is unavailable.
+        """
+        _build_index([record], "record")
+        try:
+            previous = self._read(record.device_id)
+            for key in sorted(record.certificate_fingerprints):
+                owner = self._read(key)
+                if owner is not None and owner.device_id != record.device_id:
+                    message = (
+                        f"fingerprint {key!r} belongs to device {owner.device_id!r}, not "
+                        f"{record.device_id!r}"
+                    )
+                    raise ConfigurationError(
+                        message, parameter="certificate_fingerprints", value=key
+                    )
+            if previous is not None:
+                stale = sorted(previous.certificate_fingerprints - record.certificate_fingerprints)
+                self.state.delete_records(_DEVICE_TABLE, stale)
+            self._write(record)
+        except StateUnavailableError as error:
+            raise DeviceRegistryError(f"device registry unavailable: {error}") from error
+
+    def revoke(self, device_id: str, at: float | None = None) -> DeviceRecord | None:
+        """
+        Revoke a device everywhere and return its record; ``None`` when it is not enrolled.
+
+        Raises:
+            DeviceRegistryError: when the store is unavailable.
+        """
+        try:
+            record = self._read(device_id)
+            if record is None or record.device_id != device_id:
+                return None
+            revoked = dataclasses.replace(
+                record, revoked=True, revoked_at=time.time() if at is None else at
+            )
+            self._write(revoked)
+        except StateUnavailableError as error:
+            raise DeviceRegistryError(f"device registry unavailable: {error}") from error
+        return revoked
+
+    def remove(self, device_id: str) -> None:
+        """Delete a device and its fingerprints; a missing device is ignored."""
+        try:
+            record = self._read(device_id)
+            keys = [device_id]
+            if record is not None and record.device_id == device_id:
+                keys.extend(sorted(record.certificate_fingerprints))
+            self.state.delete_records(_DEVICE_TABLE, keys)
+        except StateUnavailableError as error:
+            raise DeviceRegistryError(f"device registry unavailable: {error}") from error
+
+    def _read(self, key: str) -> DeviceRecord | None:
+        value = self.state.get_record(_DEVICE_TABLE, key)
+        return _decode_device(value) if value is not None else None
+
+    def _write(self, record: DeviceRecord) -> None:
+        value = _encode_device(record)
+        keys = [record.device_id, *sorted(record.certificate_fingerprints)]
+        self.state.put_records(_DEVICE_TABLE, dict.fromkeys(keys, value), self.ttl)
+
+    def _remember(self, key: str, value: str | None) -> DeviceRecord | None:
+        record = _decode_device(value) if value is not None else None
+        if self.on_failure == "degrade":
+            self._known[key] = record
+        return record
+
+    def _fallback(self, key: str, error: StateUnavailableError) -> DeviceRecord | None:
+        if self.on_failure == "degrade" and key in self._known:
+            return self._known[key]
+        raise DeviceRegistryError(f"device registry unavailable: {error}") from error
+
+
+def _encode_device(record: DeviceRecord) -> str:
+    data = dataclasses.asdict(record)
+    data["certificate_fingerprints"] = sorted(record.certificate_fingerprints)
+    return orjson.dumps(data).decode()
+
+
+def _decode_device(value: str) -> DeviceRecord:
+    try:
+        data = orjson.loads(value)
+        data["certificate_fingerprints"] = frozenset(data["certificate_fingerprints"])
+        return DeviceRecord(**data)
+    except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+        message = f"a stored device record is malformed: {type(error).__name__}: {error}"[:300]
+        raise DeviceRegistryError(message) from None

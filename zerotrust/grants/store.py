@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 import json
 import os
@@ -13,9 +14,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import orjson
+from cachetools import LRUCache
 
 from ..exceptions import ConfigurationError
+from ..state.base import FailureMode, StateStore, StateUnavailableError, check_failure_mode
 from .errors import GrantError, GrantStoreError
 from .model import Grant
 
@@ -24,6 +29,7 @@ __all__ = [
     "MemoryGrantStore",
     "RevocationState",
     "SQLiteGrantStore",
+    "StateGrantStore",
 ]
 
 RevocationState = Literal["valid", "revoked", "unknown"]
@@ -140,6 +146,17 @@ class GrantStore(abc.ABC):
     def revocation_state_cached(self, grant_id: str) -> RevocationState | None:
         """Return `revocation_state` without blocking, or ``None`` when that needs I/O."""
         return None
+
+    async def revocation_state_async(self, grant_id: str) -> RevocationState:
+        """
+        Return `revocation_state` from the event loop.
+
+        The default runs `revocation_state` in a worker thread; stores with an asynchronous
+        client override it.
+
+        .. versionadded:: 0.7
+        """
+        return await asyncio.to_thread(self.revocation_state, grant_id)
 
     def is_revoked(self, grant_id: str) -> bool:
         """Return whether the grant is revoked; a grant missing from the store counts as revoked."""
@@ -445,3 +462,193 @@ def _from_row(row: tuple[object, ...]) -> Grant:
     values["pending"] = bool(values["pending"])
 
     return Grant(**values)  # type: ignore[arg-type]
+
+
+_GRANT_TABLE = "grant"
+
+
+class StateGrantStore(GrantStore):
+    """
+    Grants in a `StateStore`, such as a `~zerotrust.state.RedisStateStore` shared by every
+    worker and host.
+
+    A grant revoked through any process, the broker or ``zerotrust revoke`` included, is
+    refused by every worker on its next request, because the verifier reads the revocation
+    from the shared store on each request, in the same round trip as the other verifiers.
+    Each record expires ``retention`` seconds after the grant does.
+
+    While the store is unavailable, `revocation_state` raises `GrantStoreError` (the verifier
+    denies with ``grant_store_unavailable``) unless ``on_failure`` is ``degrade``. Then it
+    answers from the last state this process read for the grant, and still raises for a
+    grant it never read.
+
+    .. warning:: With ``on_failure="degrade"``, a grant revoked during an outage stays usable
+        in the workers that saw it valid until the store answers again.
+
+    Args:
+        state: Where the grants are kept.
+        retention: Seconds after expiry that a record is kept; at least 300.
+        on_failure: ``fail_closed`` or ``degrade``, for revocation checks.
+        max_known: Most grant states remembered in this process for ``degrade``.
+
+    .. versionadded:: 0.7
+    """
+
+    def __init__(
+        self,
+        state: StateStore,
+        *,
+        retention: float = _DEFAULT_RETENTION,
+        on_failure: FailureMode = "fail_closed",
+        max_known: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(state, StateStore):
+            message = f"state must be a StateStore, not {type(state).__name__}"
+            raise ConfigurationError(message, parameter="state", value=state)
+        if not _MIN_RETENTION <= retention < float("inf"):
+            message = f"retention must be at least {_MIN_RETENTION:g} seconds, not {retention!r}"
+            raise ConfigurationError(message, parameter="retention", value=retention)
+
+        self.state = state
+        self.retention = float(retention)
+        self.on_failure = check_failure_mode(on_failure)
+        self._clock = clock
+        self._known: LRUCache[str, RevocationState] = LRUCache(maxsize=max_known)
+
+    def save(self, grant: Grant) -> None:
+        def merge(current: str | None) -> tuple[str, float]:
+            stored = _decode_grant(current) if current is not None else None
+            merged = _merge(stored, grant)
+            return _encode_grant(merged), self._ttl(merged)
+
+        self._write(grant.grant_id, merge)
+
+    def get(self, grant_id: str) -> Grant | None:
+        value = self._read(lambda: self.state.get_record(_GRANT_TABLE, grant_id))
+        return _decode_grant(value) if value is not None else None
+
+    def revoke(self, grant_id: str, at: float, by: str, reason: str | None = None) -> Grant | None:
+        def revoke(current: str | None) -> tuple[str, float] | None:
+            if current is None:
+                return None
+            grant = _decode_grant(current)
+            if grant.revoked_at is not None:
+                return None
+            revoked = dataclasses.replace(
+                grant, revoked_at=at, revoked_by=by, revocation_reason=reason
+            )
+            return _encode_grant(revoked), self._ttl(revoked)
+
+        value = self._write(grant_id, revoke)
+        if value is None:
+            return None
+        self._known[grant_id] = "revoked"
+        return _decode_grant(value)
+
+    def list(
+        self,
+        *,
+        include_inactive: bool = False,
+        now: float | None = None,
+        subject: str | None = None,
+        segment: str | None = None,
+    ) -> list[Grant]:
+        moment = self._clock() if now is None else now
+        values = self._read(lambda: self.state.list_records(_GRANT_TABLE))
+        selected = [
+            grant
+            for grant in map(_decode_grant, values)
+            if (subject is None or grant.subject == subject)
+            and (segment is None or grant.segment == segment)
+            and (include_inactive or (grant.revoked_at is None and grant.expires_at > moment))
+        ]
+
+        return sorted(selected, key=lambda grant: (grant.created_at, grant.grant_id))
+
+    def mark_reaped(self, grant_id: str, at: float) -> bool:
+        marked: list[bool] = []
+
+        def mark(current: str | None) -> tuple[str, float] | None:
+            marked.clear()
+            if current is None:
+                return None
+            grant = _decode_grant(current)
+            if grant.reaped_at is not None:
+                return None
+            marked.append(True)
+            reaped = dataclasses.replace(grant, reaped_at=at)
+            return _encode_grant(reaped), self._ttl(reaped)
+
+        self._write(grant_id, mark)
+        return bool(marked)
+
+    def revocation_state(self, grant_id: str) -> RevocationState:
+        try:
+            value = self.state.get_record(_GRANT_TABLE, grant_id)
+        except StateUnavailableError as error:
+            return self._fallback(grant_id, error)
+        return self._remember(grant_id, value)
+
+    def revocation_state_cached(self, grant_id: str) -> RevocationState | None:
+        if not self.state.local_reads:
+            return None
+        return self.revocation_state(grant_id)
+
+    async def revocation_state_async(self, grant_id: str) -> RevocationState:
+        try:
+            (value,) = await self.state.get_records(_GRANT_TABLE, [grant_id])
+        except StateUnavailableError as error:
+            return self._fallback(grant_id, error)
+        return self._remember(grant_id, value)
+
+    def close(self) -> None:
+        self.state.close()
+
+    def _ttl(self, grant: Grant) -> float:
+        return max(1.0, grant.expires_at + self.retention - self._clock())
+
+    def _remember(self, grant_id: str, value: str | None) -> RevocationState:
+        if value is None:
+            return "unknown"
+        state: RevocationState = (
+            "revoked" if _decode_grant(value).revoked_at is not None else "valid"
+        )
+        if self.on_failure == "degrade":
+            self._known[grant_id] = state
+        return state
+
+    def _fallback(self, grant_id: str, error: StateUnavailableError) -> RevocationState:
+        known = self._known.get(grant_id) if self.on_failure == "degrade" else None
+        if known is None:
+            raise GrantStoreError(f"grant store unavailable: {error}") from error
+        return known
+
+    def _read(self, read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except StateUnavailableError as error:
+            raise GrantStoreError(f"grant store unavailable: {error}") from error
+
+    def _write(
+        self, grant_id: str, update: Callable[[str | None], tuple[str, float] | None]
+    ) -> str | None:
+        try:
+            return self.state.update_record(_GRANT_TABLE, grant_id, update)
+        except StateUnavailableError as error:
+            raise GrantStoreError(f"grant store unavailable: {error}") from error
+
+
+def _encode_grant(grant: Grant) -> str:
+    return orjson.dumps(dataclasses.asdict(grant)).decode()
+
+
+def _decode_grant(value: str) -> Grant:
+    try:
+        data = orjson.loads(value)
+        data["methods"] = tuple(data["methods"])
+        data["paths"] = tuple(data["paths"])
+        return Grant(**data)
+    except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+        message = f"a stored grant is malformed: {type(error).__name__}: {error}"[:300]
+        raise GrantStoreError(message) from None

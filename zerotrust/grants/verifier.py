@@ -19,6 +19,7 @@ from ..events import EventEmitter
 from ..events.access import format_timestamp, new_event_id
 from ..exceptions import ConfigurationError, InsecureConfigurationWarning
 from ..policy import PathPattern
+from ..state.base import StateStore, StateUnavailableError
 from ..verifiers.base import Verdict, VerificationContext, Verifier
 from ..verifiers.jwks import StaticKeySet
 from ..verifiers.jws import TokenProblem, read_header
@@ -94,13 +95,19 @@ class GrantVerifier(Verifier):
         cache_size: Verified signatures kept; the revocation check is never cached.
         required: Defaults to ``True`` in ``required`` mode and ``False`` in ``alternative``
             mode, which needs ``False``.
+        single_use: A state store that makes every grant token good for one request: the
+            first request that passes every grant check claims the token's ``jti`` until the
+            grant expires, and later requests fail with ``grant_replayed``. Share the store
+            between workers, or a replay to another worker goes unnoticed. The claim is made
+            even when another verifier then denies the request.
 
     Reason codes: ``grant_missing``, ``grant_invalid``, ``grant_expired``,
     ``grant_not_yet_valid``, ``grant_wrong_segment``, ``grant_method_not_covered``,
     ``grant_path_not_covered``, ``grant_revoked``, ``grant_unknown``,
-    ``grant_store_unavailable``.
+    ``grant_store_unavailable``, ``grant_replayed``, ``state_unavailable``.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.7 The ``single_use`` argument.
     """
 
     name = "grant"
@@ -120,6 +127,7 @@ class GrantVerifier(Verifier):
         use_event_interval: float = 60.0,
         max_token_bytes: int = 4096,
         cache_size: int = 10_000,
+        single_use: StateStore | None = None,
         name: str | None = None,
         timeout: float = 2.0,
         required: bool | None = None,
@@ -172,6 +180,10 @@ class GrantVerifier(Verifier):
                 stacklevel=2,
             )
 
+        if single_use is not None and not isinstance(single_use, StateStore):
+            message = f"single_use must be a StateStore, not {type(single_use).__name__}"
+            raise ConfigurationError(message, parameter="single_use", value=single_use)
+        self.single_use = single_use
         self.key_set = StaticKeySet(keys, algorithms=algorithms)
         self.algorithms = self.key_set.algorithms
         self.store = store
@@ -204,6 +216,8 @@ class GrantVerifier(Verifier):
         checked = self._check(request, context)
         if isinstance(checked, Verdict):
             return checked
+        if self.single_use is not None:
+            return None
         state = self.store.revocation_state_cached(checked.grant_id)
         if state is None:
             return None
@@ -214,15 +228,32 @@ class GrantVerifier(Verifier):
         checked = self._check(request, context)
         if isinstance(checked, Verdict):
             return checked
+        first_use = None
+        if self.single_use is not None:
+            # Started before the revocation read, so both go to the store in one round trip.
+            ttl = checked.expires_at + self.leeway - request.time + 1
+            first_use = asyncio.ensure_future(
+                self.single_use.claim_async("grant-use", checked.grant_id, ttl)
+            )
+            first_use.add_done_callback(_retrieve)
         try:
             state = self.store.revocation_state_cached(checked.grant_id)
             if state is None:
-                # A database lookup may block, so it runs in a worker thread.
-                state = await asyncio.to_thread(self.store.revocation_state, checked.grant_id)
+                state = await self.store.revocation_state_async(checked.grant_id)
         except GrantStoreError as error:
+            if first_use is not None:
+                first_use.cancel()
             return _failed("grant_store_unavailable", str(error)[:200], checked)
         if state is None:
+            if first_use is not None:
+                first_use.cancel()
             return _failed("grant_store_unavailable", "the store returned no state", checked)
+        if first_use is not None:
+            try:
+                if not await first_use:
+                    return _failed("grant_replayed", "the single-use grant was used", checked)
+            except StateUnavailableError as error:
+                return _failed("state_unavailable", str(error)[:200], checked)
 
         return self._finish(checked, state, request)
 
@@ -398,6 +429,12 @@ def _read_claims(claims: Mapping[str, Any], digest: bytes) -> _VerifiedGrant:
         expires_at=float(expires_at),  # type: ignore[arg-type]
         fingerprint=digest.hex()[:16],
     )
+
+
+def _retrieve(task: asyncio.Future[bool]) -> None:
+    # A claim whose request timed out still ends; reading its error keeps asyncio quiet.
+    if not task.cancelled():
+        task.exception()
 
 
 def _failed(reason: str, detail: str, grant: _VerifiedGrant) -> Verdict:

@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import abc
 import functools
-from collections.abc import Hashable, Iterable, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..events.access import format_timestamp, new_event_id
 from ..exceptions import ConfigurationError
 from .geo_centroids import COUNTRY_CENTROIDS, country_distance_km
 from .signals import SignalKind
-from .windows import DistinctWindow, EventWindow, KeyedState, check_positive, event_time
+from .windows import (
+    DistinctWindow,
+    EventWindow,
+    KeyedState,
+    KeyState,
+    LocalWindows,
+    SharedWindows,
+    check_positive,
+    event_time,
+)
+
+if TYPE_CHECKING:
+    from ..state.base import StateStore
 
 __all__ = [
     "CredentialStuffingDetector",
@@ -34,6 +46,9 @@ MAX_CONTRIBUTING_IDS = 50
 DEFAULT_MAX_KEYS = 10_000
 """Default number of subjects, addresses or credentials each detector tracks at once."""
 
+# Seconds a subject's last located request is remembered in a shared store.
+_TRAVEL_MEMORY = 86_400.0
+
 
 class Detector(abc.ABC):
     """
@@ -50,6 +65,11 @@ class Detector(abc.ABC):
 
     A detector takes no lock: call `observe` from one thread at a time, as `MonitorSink` does.
 
+    With a `StateStore` (the ``store`` argument, or `share`), the windows and quiet periods
+    live in that store, so the detectors of every worker count one attack together and only
+    one of them fires. Quiet periods in a store count in clock time rather than event time.
+    While the store is unavailable, the detector counts in this process only.
+
     Attributes:
         name: The detector name in anomaly events and risk signals.
         signal_kind: What `MonitorSink` flags when this detector fires.
@@ -62,6 +82,31 @@ class Detector(abc.ABC):
     name: ClassVar[str] = "detector"
     signal_kind: SignalKind = "subject"
     limit_to_source_ips: bool = False
+    store: StateStore | None = None
+    _local: LocalWindows
+    _windows: LocalWindows | SharedWindows
+
+    def _init_windows(
+        self, max_keys: int, factory: Callable[[], KeyState], store: StateStore | None
+    ) -> None:
+        self._local = LocalWindows(max_keys, factory)
+        self._windows = self._local
+        if store is not None:
+            self.share(store)
+
+    def share(self, store: StateStore) -> None:
+        """
+        Keep this detector's windows in ``store`` from now on.
+
+        .. versionadded:: 0.7
+        """
+        self.store = store
+        self._windows = SharedWindows(store, self.name, self._local)
+
+    @property
+    def state(self) -> KeyedState[KeyState]:
+        """The per-key state kept in this process."""
+        return self._local.state
 
     @abc.abstractmethod
     def observe(self, event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -119,16 +164,6 @@ def _sorted_values(values: Iterable[Any]) -> list[str]:
     return sorted({str(value) for value in values if value is not None})
 
 
-class _Keyed:
-    """Per-key state: a window, and the time until which the key stays quiet after firing."""
-
-    __slots__ = ("quiet_until", "window")
-
-    def __init__(self, window: Any) -> None:
-        self.window = window
-        self.quiet_until = float("-inf")
-
-
 class DeniedBurstDetector(Detector):
     """
     Flag a subject with more than ``threshold`` denied requests within ``window`` seconds.
@@ -143,6 +178,7 @@ class DeniedBurstDetector(Detector):
         window: Seconds the denials are counted over.
         min_distinct_ips: Fire only if the denials came from at least this many addresses.
         max_keys: Most subjects tracked at once; the least recently denied go first.
+        store: Where the windows are shared with other workers; this process only when ``None``.
 
     .. versionadded:: 0.6
     """
@@ -158,13 +194,15 @@ class DeniedBurstDetector(Detector):
         min_distinct_ips: int = 1,
         *,
         max_keys: int = DEFAULT_MAX_KEYS,
+        store: StateStore | None = None,
     ) -> None:
         self.threshold = _positive_int("threshold", threshold)
         check_positive("window", window)
         self.window = float(window)
         self.min_distinct_ips = _positive_int("min_distinct_ips", min_distinct_ips)
-        history = threshold + 1
-        self.state: KeyedState[_Keyed] = KeyedState(max_keys, lambda: _Keyed(EventWindow(history)))
+        self.history = threshold + 1
+        history = self.history
+        self._init_windows(max_keys, lambda: KeyState(EventWindow(history)), store)
 
     def observe(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         subject = event.get("subject")
@@ -174,17 +212,22 @@ class DeniedBurstDetector(Detector):
         if now is None:
             return []
 
-        state = self.state.get(subject)
-        window: EventWindow = state.window
-        window.prune(now - self.window)
-        window.add(now, event.get("event_id"), (event.get("client_ip"), _country(event)))
-        if len(window) <= self.threshold or now < state.quiet_until:
+        window = self._windows.events(
+            subject,
+            now,
+            event.get("event_id"),
+            (event.get("client_ip"), _country(event)),
+            window=self.window,
+            maxlen=self.history,
+        )
+        if len(window) <= self.threshold:
             return []
         addresses = _sorted_values(value[0] for _, _, value in window.entries)
         if len(addresses) < self.min_distinct_ips:
             return []
+        if not self._windows.claim(subject, now, self.window):
+            return []
 
-        state.quiet_until = now + self.window
         countries = _sorted_values(value[1] for _, _, value in window.entries)
         count = len(window)
         return [
@@ -219,6 +262,7 @@ class LateralMovementDetector(Detector):
         segments: Distinct segments with denials that make an anomaly.
         window: Seconds the segments are collected over.
         max_keys: Most subjects tracked at once.
+        store: Where the windows are shared with other workers; this process only when ``None``.
 
     .. versionadded:: 0.6
     """
@@ -228,13 +272,18 @@ class LateralMovementDetector(Detector):
     limit_to_source_ips = True
 
     def __init__(
-        self, segments: int = 3, window: float = 900.0, *, max_keys: int = DEFAULT_MAX_KEYS
+        self,
+        segments: int = 3,
+        window: float = 900.0,
+        *,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        store: StateStore | None = None,
     ) -> None:
         self.segments = _positive_int("segments", segments)
         check_positive("window", window)
         self.window = float(window)
-        size = max(segments, 32)
-        self.state: KeyedState[_Keyed] = KeyedState(max_keys, lambda: _Keyed(DistinctWindow(size)))
+        self.size = size = max(segments, 32)
+        self._init_windows(max_keys, lambda: KeyState(DistinctWindow(size)), store)
 
     def observe(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         subject = event.get("subject")
@@ -245,14 +294,18 @@ class LateralMovementDetector(Detector):
         if now is None:
             return []
 
-        state = self.state.get(subject)
-        window: DistinctWindow = state.window
-        window.prune(now - self.window)
-        window.add(segment, now, event.get("event_id"), event.get("client_ip"))
-        if len(window) < self.segments or now < state.quiet_until:
+        window = self._windows.distinct(
+            subject,
+            segment,
+            now,
+            event.get("event_id"),
+            event.get("client_ip"),
+            window=self.window,
+            max_values=self.size,
+        )
+        if len(window) < self.segments or not self._windows.claim(subject, now, self.window):
             return []
 
-        state.quiet_until = now + self.window
         segments = [str(value) for value in window.values]
         addresses = _sorted_values(window.extras())
         return [
@@ -293,6 +346,8 @@ class ImpossibleTravelDetector(Detector):
         tolerance_km: Distance subtracted before the speed check, for centroid error.
         window: Seconds the detector stays quiet about a subject after firing.
         max_keys: Most subjects tracked at once.
+        store: Where the last located requests are shared with other workers; this process
+            only when ``None``.
 
     .. versionadded:: 0.6
     """
@@ -307,6 +362,7 @@ class ImpossibleTravelDetector(Detector):
         tolerance_km: float = 500.0,
         window: float = 3600.0,
         max_keys: int = DEFAULT_MAX_KEYS,
+        store: StateStore | None = None,
     ) -> None:
         check_positive("max_speed_kmh", max_speed_kmh)
         check_positive("window", window)
@@ -316,7 +372,7 @@ class ImpossibleTravelDetector(Detector):
         self.max_speed_kmh = float(max_speed_kmh)
         self.tolerance_km = max(0.0, float(tolerance_km))
         self.window = float(window)
-        self.state: KeyedState[_Keyed] = KeyedState(max_keys, lambda: _Keyed(None))
+        self._init_windows(max_keys, lambda: KeyState(None), store)
 
     def observe(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         subject = event.get("subject")
@@ -330,10 +386,10 @@ class ImpossibleTravelDetector(Detector):
         if country not in COUNTRY_CENTROIDS:
             return []
 
-        # Here the state's window is the subject's last located request, not a list of events.
-        state = self.state.get(subject)
-        previous = state.window
-        state.window = (now, country, event.get("event_id"), event.get("client_ip"))
+        # The subject's last located request is kept, not a list of events. It is kept for a
+        # day: after that any trip is possible.
+        located = (now, country, event.get("event_id"), event.get("client_ip"))
+        previous = self._windows.swap(subject, located, _TRAVEL_MEMORY)
         if previous is None or previous[1] == country:
             return []
         distance = country_distance_km(previous[1], country)
@@ -346,10 +402,9 @@ class ImpossibleTravelDetector(Detector):
         speed = travelled / (elapsed / 3600) if elapsed > 0 else None
         if speed is not None and speed <= self.max_speed_kmh:
             return []
-        if now < state.quiet_until:
+        if not self._windows.claim(subject, now, self.window):
             return []
 
-        state.quiet_until = now + self.window
         speed_text = "instantly" if speed is None else f"at {speed:.0f} km/h"
         event_ids = [value for value in (previous[2], event.get("event_id")) if value is not None]
         return [
@@ -388,6 +443,7 @@ class TokenReplayDetector(Detector):
         window: Seconds the addresses are collected over.
         max_devices: Distinct devices one credential may use; ``max_ips`` when ``None``.
         max_keys: Most credentials tracked at once.
+        store: Where the windows are shared with other workers; this process only when ``None``.
 
     .. versionadded:: 0.6
     """
@@ -402,6 +458,7 @@ class TokenReplayDetector(Detector):
         *,
         max_devices: int | None = None,
         max_keys: int = DEFAULT_MAX_KEYS,
+        store: StateStore | None = None,
     ) -> None:
         self.max_ips = _positive_int("max_ips", max_ips)
         self.max_devices = _positive_int(
@@ -409,9 +466,9 @@ class TokenReplayDetector(Detector):
         )
         check_positive("window", window)
         self.window = float(window)
-        size = max(self.max_ips, self.max_devices) + 1
-        self.state: KeyedState[_Keyed] = KeyedState(
-            max_keys, lambda: _Keyed((DistinctWindow(size), DistinctWindow(size)))
+        self.size = size = max(self.max_ips, self.max_devices) + 1
+        self._init_windows(
+            max_keys, lambda: KeyState((DistinctWindow(size), DistinctWindow(size))), store
         )
 
     def observe(self, event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -422,25 +479,35 @@ class TokenReplayDetector(Detector):
         if now is None:
             return []
 
-        state = self.state.get(fingerprint)
-        addresses, devices = state.window
-        cutoff = now - self.window
-        addresses.prune(cutoff)
-        devices.prune(cutoff)
         event_id = event.get("event_id")
         client_ip = event.get("client_ip")
-        if client_ip:
-            addresses.add(client_ip, now, event_id)
         facts = event.get("facts")
         device = facts.get("device_id") if isinstance(facts, dict) else None
-        if device:
-            devices.add(str(device), now, event_id)
+        addresses = self._windows.distinct(
+            fingerprint,
+            client_ip or None,
+            now,
+            event_id,
+            window=self.window,
+            max_values=self.size,
+            slot=0,
+        )
+        devices = self._windows.distinct(
+            fingerprint,
+            str(device) if device else None,
+            now,
+            event_id,
+            window=self.window,
+            max_values=self.size,
+            slot=1,
+        )
         too_many_ips = len(addresses) > self.max_ips
         too_many_devices = len(devices) > self.max_devices
-        if not (too_many_ips or too_many_devices) or now < state.quiet_until:
+        if not (too_many_ips or too_many_devices):
+            return []
+        if not self._windows.claim(fingerprint, now, self.window):
             return []
 
-        state.quiet_until = now + self.window
         firing = addresses if too_many_ips else devices
         ips = [str(value) for value in addresses.values]
         device_ids = [str(value) for value in devices.values]
@@ -518,6 +585,7 @@ class CredentialStuffingDetector(Detector):
         window: Seconds the accounts are collected over.
         by: ``"client_ip"`` to count per address, ``"network"`` per /24 (IPv4) or /64 (IPv6).
         max_keys: Most sources tracked at once.
+        store: Where the windows are shared with other workers; this process only when ``None``.
 
     .. versionadded:: 0.6
     """
@@ -531,6 +599,7 @@ class CredentialStuffingDetector(Detector):
         by: Literal["client_ip", "network"] = "client_ip",
         *,
         max_keys: int = DEFAULT_MAX_KEYS,
+        store: StateStore | None = None,
     ) -> None:
         if by not in ("client_ip", "network"):
             message = f"by must be 'client_ip' or 'network', not {by!r}"
@@ -540,8 +609,8 @@ class CredentialStuffingDetector(Detector):
         self.window = float(window)
         self.by = by
         self.signal_kind = "network" if by == "network" else "client_ip"
-        size = max(subjects, MAX_CONTRIBUTING_IDS)
-        self.state: KeyedState[_Keyed] = KeyedState(max_keys, lambda: _Keyed(DistinctWindow(size)))
+        self.size = size = max(subjects, MAX_CONTRIBUTING_IDS)
+        self._init_windows(max_keys, lambda: KeyState(DistinctWindow(size)), store)
 
     def observe(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         client_ip = event.get("client_ip")
@@ -563,14 +632,18 @@ class CredentialStuffingDetector(Detector):
         if now is None:
             return []
 
-        state = self.state.get(key)
-        window: DistinctWindow = state.window
-        window.prune(now - self.window)
-        window.add(account, now, event.get("event_id"), client_ip)
-        if len(window) < self.subjects or now < state.quiet_until:
+        window = self._windows.distinct(
+            key,
+            account,
+            now,
+            event.get("event_id"),
+            client_ip,
+            window=self.window,
+            max_values=self.size,
+        )
+        if len(window) < self.subjects or not self._windows.claim(key, now, self.window):
             return []
 
-        state.quiet_until = now + self.window
         accounts: list[tuple[str, str]] = list(window.values)  # type: ignore[arg-type]
         subjects = [value for kind, value in accounts if kind == "subject"]
         source = f"network {key}" if self.by == "network" else f"address {key}"
@@ -601,18 +674,22 @@ class CredentialStuffingDetector(Detector):
         ]
 
 
-def default_detectors() -> list[Detector]:
+def default_detectors(store: StateStore | None = None) -> list[Detector]:
     """
     Return a fresh set of every detector with its default thresholds.
 
+    Args:
+        store: Where the detectors share their windows; this process only when ``None``.
+
     .. versionadded:: 0.6
+    .. versionchanged:: 0.7 The ``store`` argument.
     """
     return [
-        DeniedBurstDetector(),
-        LateralMovementDetector(),
-        ImpossibleTravelDetector(),
-        TokenReplayDetector(),
-        CredentialStuffingDetector(),
+        DeniedBurstDetector(store=store),
+        LateralMovementDetector(store=store),
+        ImpossibleTravelDetector(store=store),
+        TokenReplayDetector(store=store),
+        CredentialStuffingDetector(store=store),
     ]
 
 

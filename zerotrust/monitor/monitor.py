@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..events.sinks import Sink
 from ..exceptions import ConfigurationError
+from ..state.base import StateStore, StateUnavailableError
 from .detectors import Detector, default_detectors
 from .signals import RiskSignal, RiskSignals
 
@@ -42,8 +43,14 @@ class MonitorSink(Sink):
     Each anomaly is kept in `anomalies`, queued on ``emitter``, and turned into a `RiskSignal` in
     ``signals`` that lasts ``cooldown`` seconds, for verifiers to act on.
 
+    With several workers, give every worker's sink the same shared ``store`` (and a
+    `RiskSignals` on that store): the detectors then count the traffic of all workers
+    together, and an attack spread over them fires once.
+
     Args:
         detectors: The detectors to run; `default_detectors` when ``None``.
+        store: Where every detector keeps its windows (see `Detector.share`); each detector's
+            own setting when ``None``.
         signals: Where risk signals go; none are raised when ``None``.
         emitter: Where anomaly events go; they are only kept in `anomalies` when ``None``.
         cooldown: Seconds a risk signal stays active, counted from when it is raised.
@@ -58,6 +65,7 @@ class MonitorSink(Sink):
         self,
         detectors: Sequence[Detector] | None = None,
         *,
+        store: StateStore | None = None,
         signals: RiskSignals | None = None,
         emitter: EventEmitter | None = None,
         cooldown: float = 900.0,
@@ -71,6 +79,13 @@ class MonitorSink(Sink):
             if not isinstance(detector, Detector):
                 message = f"{detector!r} is not a zerotrust Detector"
                 raise ConfigurationError(message, parameter="detectors", value=detector)
+        if store is not None:
+            if not isinstance(store, StateStore):
+                message = f"store must be a StateStore, not {type(store).__name__}"
+                raise ConfigurationError(message, parameter="store", value=store)
+            for detector in chosen:
+                detector.share(store)
+        self.store = store
         self.detectors: tuple[Detector, ...] = tuple(chosen)
         self.signals = signals
         self.emitter = emitter
@@ -111,15 +126,25 @@ class MonitorSink(Sink):
         if detector.limit_to_source_ips:
             source_ips = frozenset(str(ip) for ip in anomaly.get("distinct_ips", ()) if ip)
         raised_at = self.signals.clock()
-        self.signals.raise_signal(
-            RiskSignal(
-                kind=detector.signal_kind,
-                key=str(key),
-                detector=detector.name,
-                reason=detector.name,
-                raised_at=raised_at,
-                expires_at=raised_at + self.cooldown,
-                anomaly_id=anomaly.get("event_id"),
-                source_ips=source_ips,
-            )
+        signal = RiskSignal(
+            kind=detector.signal_kind,
+            key=str(key),
+            detector=detector.name,
+            reason=detector.name,
+            raised_at=raised_at,
+            expires_at=raised_at + self.cooldown,
+            anomaly_id=anomaly.get("event_id"),
+            source_ips=source_ips,
         )
+        try:
+            self.signals.raise_signal(signal)
+        except StateUnavailableError:
+            # The signal stays in this process; failing the batch would replay it through
+            # the detectors and count its events twice.
+            self.failures += 1
+            logger.warning(
+                "risk signal of anomaly %s is kept in this process only: the state store "
+                "is unavailable",
+                anomaly.get("event_id"),
+                exc_info=True,
+            )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,8 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import orjson
 
 from ..exceptions import ConfigurationError
+from ..state.base import StateUnavailableError
 from ..verifiers.base import Verdict, VerificationContext, Verifier, VerifierKind
-from ..verifiers.identity import token_fingerprint
 from .signals import RiskSignal, RiskSignals, SignalKind
 
 if TYPE_CHECKING:
@@ -94,7 +95,10 @@ class RiskVerifier(Verifier):
 
     On every request the verifier looks up `RiskSignals` for the client address, its network
     (see `network_key`), the fingerprint of the bearer token and the subject the token claims.
-    It only reads memory, so it returns its verdict from `verify_cached` within microseconds.
+    With signals in memory it returns its verdict from `verify_cached` within microseconds.
+    With signals in a shared store it reads them all in one round trip, together with the
+    other verifiers' reads. When that store is unavailable and the signals fail closed, the
+    request is denied with ``state_unavailable`` (403).
 
     The subject comes from the token's ``sub`` claim *before* any signature check, because the
     identity verifier runs at the same time. Trusting it is safe for a deny: a forged ``sub``
@@ -132,7 +136,8 @@ class RiskVerifier(Verifier):
             ``allow_subject_lockout`` without ``action="deny"``.
 
     Reason codes: ``risk_flagged_client_ip``, ``risk_flagged_network``,
-    ``risk_flagged_credential``, ``risk_flagged_subject``, ``risk_step_up_required``.
+    ``risk_flagged_credential``, ``risk_flagged_subject``, ``risk_step_up_required``,
+    ``state_unavailable``.
 
     Facts of a failure: ``risk_detectors`` and ``risk_anomaly_ids``, the detectors and the
     anomaly events behind it. A pass after a step-up records ``risk_step_up`` as ``True``.
@@ -200,31 +205,69 @@ class RiskVerifier(Verifier):
         self.kind = "identity" if may_step_up else "context"  # type: ignore[misc]
 
     async def verify(self, request: AccessRequest, context: VerificationContext) -> Verdict:
-        return self.check(request)
+        if self.signals.local_reads:
+            return self.check(request)
+        token = _read_bearer(request)
+        queries, clients = self._queries(request, token)
+        try:
+            found = await self.signals.active_many(queries)
+        except StateUnavailableError as error:
+            # A deny, not a 401: a fresh login cannot fix a store that does not answer.
+            return Verdict.failed("state_unavailable", str(error)[:200], forbidden=True)
 
-    def verify_cached(self, request: AccessRequest, context: VerificationContext) -> Verdict:
+        return self._judge(queries, found, clients, token)
+
+    def verify_cached(self, request: AccessRequest, context: VerificationContext) -> Verdict | None:
+        if not self.signals.local_reads:
+            return None
         return self.check(request)
 
     def check(self, request: AccessRequest) -> Verdict:
-        """Look up the signals about ``request`` in memory and return the verdict."""
+        """
+        Look up the signals about ``request`` and return the verdict.
+
+        With a shared store this blocks on I/O; the engine calls `verify` instead.
+        """
         token = _read_bearer(request)
-        denying: list[RiskSignal] = []
-        stepping_up: list[RiskSignal] = []
+        queries, clients = self._queries(request, token)
+        found = [self.signals.active(kind, key) for kind, key in queries]
+        return self._judge(queries, found, clients, token)
+
+    def _queries(
+        self, request: AccessRequest, token: _BearerToken | None
+    ) -> tuple[list[tuple[SignalKind, str]], tuple[str, ...]]:
+        """Return the ``(kind, key)`` lookups for ``request``, and the client address texts."""
+        queries: list[tuple[SignalKind, str]] = []
         clients: tuple[str, ...] = ()
         if request.client_ip is not None:
             clients, network = _client_keys(request.client_ip)
             if "client_ip" in self.kinds:
-                for client in clients:
-                    self._sort(self.signals.active("client_ip", client), denying, stepping_up)
+                queries.extend(("client_ip", client) for client in clients)
             if "network" in self.kinds:
-                self._sort(self.signals.active("network", network), denying, stepping_up)
+                queries.append(("network", network))
         if token is not None:
             if "credential" in self.kinds:
-                found = self.signals.active("credential", token.fingerprint)
-                self._sort(found, denying, stepping_up)
+                queries.append(("credential", token.fingerprint))
             if "subject" in self.kinds and token.subject is not None:
-                found = self.signals.active("subject", token.subject)
-                self._sort_subject(found, clients, denying, stepping_up)
+                queries.append(("subject", token.subject))
+        return queries, clients
+
+    def _judge(
+        self,
+        queries: list[tuple[SignalKind, str]],
+        found: list[tuple[RiskSignal, ...]],
+        clients: tuple[str, ...],
+        token: _BearerToken | None,
+    ) -> Verdict:
+        denying: list[RiskSignal] = []
+        stepping_up: list[RiskSignal] = []
+        for (kind, _), signals in zip(queries, found, strict=True):
+            if not signals:
+                continue
+            if kind == "subject":
+                self._sort_subject(signals, clients, denying, stepping_up)
+            else:
+                self._sort(signals, denying, stepping_up)
 
         if denying:
             return self._deny(denying)
@@ -322,12 +365,31 @@ def _read_bearer(request: AccessRequest) -> _BearerToken | None:
     if scheme.lower() != "bearer" or not token or len(token) > _MAX_TOKEN_CHARS:
         return None
 
+    # The same tokens come back on request after request, and decoding the claims costs more
+    # than hashing. The digest keys the cache, so it holds no token.
+    digest = hashlib.sha256(token.encode()).digest()
+    bearer = _BEARERS.get(digest)
+    if bearer is None:
+        bearer = _parse_bearer(token, digest)
+        if len(_BEARERS) >= _MAX_BEARERS:
+            _BEARERS.clear()
+        _BEARERS[digest] = bearer
+    return bearer
+
+
+# Bearer tokens read so far, by SHA-256 digest; cleared when full, so always bounded.
+_BEARERS: dict[bytes, _BearerToken] = {}
+_MAX_BEARERS = 4096
+
+
+def _parse_bearer(token: str, digest: bytes) -> _BearerToken:
     claims = _unverified_claims(token)
     subject = claims.get("sub")
     auth_time = claims.get("auth_time")
     acr = claims.get("acr")
     return _BearerToken(
-        fingerprint=token_fingerprint(token),
+        # The same value as token_fingerprint(token), from the digest already computed.
+        fingerprint=digest.hex()[:16],
         subject=subject if isinstance(subject, str) and subject else None,
         auth_time=(
             float(auth_time)

@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from cachetools import TLRUCache
+import orjson
 
 from ..exceptions import ConfigurationError
+from ..state.base import FailureMode, StateStore, StateUnavailableError, check_failure_mode
+from ..state.memory import MemoryStateStore
 
 __all__ = ["RiskSignal", "RiskSignals", "SignalKind"]
 
@@ -51,65 +52,147 @@ class RiskSignals:
     """
     A bounded, thread-safe store of risk signals, each expiring after its cooldown.
 
-    Detectors `raise_signal` from the event delivery thread; verifiers call `active` from the
-    request path, which only reads memory.
+    Detectors `raise_signal` from the event delivery thread; verifiers read signals on the
+    request path. By default the signals live in this process, in a `MemoryStateStore`, and
+    `active` only reads memory.
+
+    With a shared ``store`` such as a `~zerotrust.state.RedisStateStore`, a signal raised in
+    one worker is seen by every worker: `raise_signal` writes it there (and into this
+    process's memory), and the `RiskVerifier` reads it with `active_many`, on the event loop,
+    in the same round trip as the request's other reads.
 
     Args:
-        maxsize: Most signals kept; the least recently used go first.
+        store: Where signals are kept; this process's memory when ``None``.
+        maxsize: Most signals kept in memory; the least recently used go first.
         clock: Returns the current time in seconds since the epoch.
+        on_failure: While a shared store is unavailable, ``fail_closed`` makes `active_many`
+            raise `StateUnavailableError`, so the verifier denies with ``state_unavailable``;
+            ``degrade`` answers from the signals this process raised itself.
+
+    .. versionchanged:: 0.7 The ``store`` and ``on_failure`` arguments.
     """
 
-    def __init__(self, *, maxsize: int = 100_000, clock: Callable[[], float] = time.time) -> None:
-        if not isinstance(maxsize, int) or maxsize < 1:
+    def __init__(
+        self,
+        store: StateStore | None = None,
+        *,
+        maxsize: int = 100_000,
+        clock: Callable[[], float] = time.time,
+        on_failure: FailureMode = "fail_closed",
+    ) -> None:
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
             message = f"maxsize must be a positive number of signals, not {maxsize!r}"
             raise ConfigurationError(message, parameter="maxsize", value=maxsize)
+        if store is not None and not isinstance(store, StateStore):
+            message = f"store must be a StateStore, not {type(store).__name__}"
+            raise ConfigurationError(message, parameter="store", value=store)
         self.clock = clock
-        self._lock = threading.Lock()
-        self._signals: TLRUCache[tuple[str, str], tuple[RiskSignal, ...]] = TLRUCache(
-            maxsize=maxsize, ttu=self._time_to_use, timer=clock
-        )
+        self.on_failure = check_failure_mode(on_failure)
+        self.local = MemoryStateStore(max_flags=maxsize, clock=clock)
+        self.store: StateStore = store if store is not None else self.local
 
-    @staticmethod
-    def _time_to_use(_key: tuple[str, str], signals: tuple[RiskSignal, ...], _now: float) -> float:
-        return max(signal.expires_at for signal in signals)
+    @property
+    def local_reads(self) -> bool:
+        """Whether lookups need no I/O, so `active` may run on the event loop."""
+        return self.store.local_reads
 
     def raise_signal(self, signal: RiskSignal) -> None:
-        """Record a signal; several signals about one key are kept side by side."""
-        key = (signal.kind, signal.key)
-        with self._lock:
-            now = self.clock()
-            current = tuple(kept for kept in self._signals.get(key, ()) if kept.expires_at > now)
-            others = tuple(kept for kept in current if kept.detector != signal.detector)
-            self._signals[key] = (*others, signal)
+        """
+        Record a signal; several signals about one key are kept side by side.
+
+        A newer signal from the same detector replaces the older one.
+
+        Raises:
+            StateUnavailableError: when the shared store is unavailable; the signal is still
+                kept in this process.
+        """
+        value = _encode(signal)
+        self.local.set_flag(signal.kind, signal.key, signal.detector, value, signal.expires_at)
+        if self.store is not self.local:
+            self.store.set_flag(signal.kind, signal.key, signal.detector, value, signal.expires_at)
 
     def active(self, kind: SignalKind, key: str) -> tuple[RiskSignal, ...]:
-        """Return the signals about ``key`` whose cooldown has not ended."""
-        with self._lock:
-            signals = self._signals.get((kind, key), ())
-            if not signals:
-                return ()
-            now = self.clock()
-            return tuple(signal for signal in signals if signal.expires_at > now)
+        """
+        Return the signals about ``key`` whose cooldown has not ended.
+
+        With a shared store this blocks on I/O: call `active_many` on the event loop instead.
+        """
+        return self._decode(self.store.get_flags(kind, key))
+
+    async def active_many(
+        self, queries: Sequence[tuple[SignalKind, str]]
+    ) -> list[tuple[RiskSignal, ...]]:
+        """
+        Return the active signals of each ``(kind, key)`` query, in one round trip.
+
+        Raises:
+            StateUnavailableError: when the shared store is unavailable and ``on_failure`` is
+                ``fail_closed``.
+        """
+        try:
+            found = await self.store.get_flags_many(queries)
+        except StateUnavailableError:
+            if self.on_failure == "fail_closed":
+                raise
+            found = await self.local.get_flags_many(queries)
+
+        return [self._decode(fields) for fields in found]
 
     def clear(self, kind: SignalKind, key: str) -> None:
         """Drop every signal about ``key``, such as after an investigation."""
-        with self._lock:
-            self._signals.pop((kind, key), None)
+        self.local.delete_flags(kind, key)
+        if self.store is not self.local:
+            self.store.delete_flags(kind, key)
 
-    def snapshot(self) -> list[RiskSignal]:
-        """Return every signal whose cooldown has not ended, for inspection."""
-        with self._lock:
-            now = self.clock()
-            return [
-                signal
-                for signals in self._signals.values()
-                for signal in signals
-                if signal.expires_at > now
-            ]
+    def snapshot(self, limit: int = 10_000) -> list[RiskSignal]:
+        """Return at most ``limit`` signals whose cooldown has not ended, for inspection."""
+        now = self.clock()
+        signals = [_decode(value) for value in self.store.scan_flags(limit)]
+        return [signal for signal in signals if signal.expires_at > now]
+
+    def _decode(self, fields: dict[str, str]) -> tuple[RiskSignal, ...]:
+        if not fields:
+            return ()
+        now = self.clock()
+        signals = (_decode(value) for value in fields.values())
+        return tuple(signal for signal in signals if signal.expires_at > now)
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._signals)
+        return len(self.snapshot())
 
     def __repr__(self) -> str:
         return f"<RiskSignals active={len(self.snapshot())}>"
+
+
+def _encode(signal: RiskSignal) -> str:
+    return orjson.dumps(
+        {
+            "kind": signal.kind,
+            "key": signal.key,
+            "detector": signal.detector,
+            "reason": signal.reason,
+            "raised_at": signal.raised_at,
+            "expires_at": signal.expires_at,
+            "anomaly_id": signal.anomaly_id,
+            "source_ips": sorted(signal.source_ips),
+        }
+    ).decode()
+
+
+def _decode(value: str) -> RiskSignal:
+    """Parse a stored signal; anything malformed is an error, so lookups fail closed."""
+    try:
+        data: Any = orjson.loads(value)
+        return RiskSignal(
+            kind=data["kind"],
+            key=str(data["key"]),
+            detector=str(data["detector"]),
+            reason=str(data["reason"]),
+            raised_at=float(data["raised_at"]),
+            expires_at=float(data["expires_at"]),
+            anomaly_id=data.get("anomaly_id"),
+            source_ips=frozenset(str(ip) for ip in data.get("source_ips") or ()),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        message = f"a stored risk signal is malformed: {type(error).__name__}: {error}"[:300]
+        raise StateUnavailableError(message) from None

@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import collections
 import datetime
+import secrets
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
+import orjson
 from cachetools import LRUCache
 
 from ..exceptions import ConfigurationError
+from ..state.base import StateStore, StateUnavailableError
 
-__all__ = ["DistinctWindow", "EventWindow", "KeyedState", "event_time"]
+__all__ = [
+    "DistinctWindow",
+    "EventWindow",
+    "KeyState",
+    "KeyedState",
+    "LocalWindows",
+    "SharedWindows",
+    "event_time",
+]
 
 State = TypeVar("State")
 
@@ -158,3 +169,156 @@ class KeyedState(Generic[State]):
 
     def __contains__(self, key: object) -> bool:
         return key in self._table
+
+
+class KeyState:
+    """Per-key detector state: a window, and the time until which the key stays quiet."""
+
+    __slots__ = ("quiet_until", "window")
+
+    def __init__(self, window: Any) -> None:
+        self.window = window
+        self.quiet_until = float("-inf")
+
+
+class LocalWindows:
+    """
+    The windows of one detector in this process: a `KeyedState` table of `KeyState` entries.
+
+    Quiet periods count in event time, so replaying a log finds what live monitoring found.
+    """
+
+    def __init__(self, max_keys: int, factory: Callable[[], KeyState]) -> None:
+        self.state: KeyedState[KeyState] = KeyedState(max_keys, factory)
+
+    def events(
+        self, key: str, now: float, event_id: str | None, value: Any, *, window: float, maxlen: int
+    ) -> EventWindow:
+        """Add an entry to ``key``'s event window, drop entries older than ``window``, return it."""
+        events: EventWindow = self.state.get(key).window
+        events.prune(now - window)
+        events.add(now, event_id, value)
+        return events
+
+    def distinct(
+        self,
+        key: Hashable,
+        value: Hashable | None,
+        now: float,
+        event_id: str | None,
+        extra: Any = None,
+        *,
+        window: float,
+        max_values: int,
+        slot: int | None = None,
+    ) -> DistinctWindow:
+        """Record a sighting of ``value`` (none when ``None``) and return the pruned window."""
+        state = self.state.get(key)
+        values: DistinctWindow = state.window if slot is None else state.window[slot]
+        values.prune(now - window)
+        if value is not None:
+            values.add(value, now, event_id, extra)
+        return values
+
+    def swap(self, key: str, value: Any, ttl: float) -> Any:
+        """Store ``key``'s latest value and return the previous one, or ``None``."""
+        state = self.state.get(key)
+        previous = state.window
+        state.window = value
+        return previous
+
+    def claim(self, key: Hashable, now: float, quiet: float) -> bool:
+        """Start a quiet period of ``quiet`` seconds unless one is running; ``True`` if started."""
+        state = self.state.get(key)
+        if now < state.quiet_until:
+            return False
+        state.quiet_until = now + quiet
+        return True
+
+
+class SharedWindows:
+    """
+    The windows of one detector in a `StateStore`, so detectors in every worker share them.
+
+    Entries travel as JSON: lists come back as tuples. Quiet periods are marks with a time to
+    live, so exactly one worker fires for an attack spread over several. While the store is
+    unavailable, the detector uses ``local``, the windows of this process, and catches up
+    with the shared windows once the store answers again.
+    """
+
+    def __init__(self, store: StateStore, name: str, local: LocalWindows) -> None:
+        self.store = store
+        self.name = name
+        self.local = local
+
+    def events(
+        self, key: str, now: float, event_id: str | None, value: Any, *, window: float, maxlen: int
+    ) -> EventWindow:
+        # The nonce keeps two entries with the same event id and value apart.
+        member = orjson.dumps([event_id, value, secrets.token_hex(4)]).decode()
+        try:
+            entries = self.store.add_event(
+                self.name, key, now, member, window=window, maxlen=maxlen
+            )
+        except StateUnavailableError:
+            return self.local.events(key, now, event_id, value, window=window, maxlen=maxlen)
+
+        events = EventWindow(maxlen)
+        for at, text in entries:
+            stored_id, stored_value, _ = orjson.loads(text)
+            events.add(at, stored_id, _freeze(stored_value))
+        return events
+
+    def distinct(
+        self,
+        key: Hashable,
+        value: Hashable | None,
+        now: float,
+        event_id: str | None,
+        extra: Any = None,
+        *,
+        window: float,
+        max_values: int,
+        slot: int | None = None,
+    ) -> DistinctWindow:
+        name = self.name if slot is None else f"{self.name}.{slot}"
+        member = None if value is None else orjson.dumps(value).decode()
+        info = orjson.dumps([event_id, extra]).decode()
+        try:
+            entries = self.store.add_distinct(
+                name, _text_key(key), now, member, info, window=window, max_values=max_values
+            )
+        except StateUnavailableError:
+            return self.local.distinct(
+                key, value, now, event_id, extra, window=window, max_values=max_values, slot=slot
+            )
+
+        values = DistinctWindow(max_values)
+        for text, seen, stored in entries:
+            stored_id, stored_extra = orjson.loads(stored) if stored else (None, None)
+            values.values[_freeze(orjson.loads(text))] = (seen, stored_id, _freeze(stored_extra))
+        return values
+
+    def swap(self, key: str, value: Any, ttl: float) -> Any:
+        try:
+            previous = self.store.swap(self.name, key, orjson.dumps(value).decode(), ttl)
+        except StateUnavailableError:
+            return self.local.swap(key, value, ttl)
+        return None if previous is None else _freeze(orjson.loads(previous))
+
+    def claim(self, key: Hashable, now: float, quiet: float) -> bool:
+        try:
+            return self.store.claim(f"quiet:{self.name}", _text_key(key), quiet)
+        except StateUnavailableError:
+            return self.local.claim(key, now, quiet)
+
+
+def _text_key(key: Hashable) -> str:
+    return key if isinstance(key, str) else orjson.dumps(key).decode()
+
+
+def _freeze(value: Any) -> Any:
+    """Turn JSON lists back into tuples, so values are hashable as they were before."""
+    if isinstance(value, list):
+        return tuple(_freeze(item) for item in value)
+    return value
