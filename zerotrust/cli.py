@@ -58,6 +58,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("revoke", "zerotrust.grants.cli_revoke"),
     Command("analyze", "zerotrust.monitor.cli_analyze"),
     Command("report", "zerotrust.monitor.cli_report"),
+    Command("check", "zerotrust.cli_check"),
+    Command("explain", "zerotrust.cli_explain"),
 )
 """The registered subcommands, in the order ``--help`` lists them."""
 
