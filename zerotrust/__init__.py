@@ -45,6 +45,7 @@ from .verifiers import (
     Verifier,
     WorkloadVerifier,
 )
+from .wsgi import ZeroTrustWSGIMiddleware
 
 __all__ = [
     "STATE_KEY",
@@ -95,6 +96,7 @@ __all__ = [
     "WorkloadVerifier",
     "ZeroTrustError",
     "ZeroTrustMiddleware",
+    "ZeroTrustWSGIMiddleware",
     "ZeroTrustWarning",
     "__version__",
     "get_access",

@@ -124,6 +124,34 @@ class Engine:
             return deny("no_segment")
 
         records = await self._run_verifiers(segment, request)
+
+        return self._conclude(segment, request, records)
+
+    def decide_cached(self, request: AccessRequest) -> Decision | None:
+        """
+        Decide one request without awaiting, or return ``None`` when a verifier must await.
+
+        Every verifier of the matched segment must return a verdict from
+        `Verifier.verify_cached`. A caller outside an event loop, such as the WSGI enforcement
+        point, tries this first and awaits `decide` only on ``None``, which then calls each
+        verifier's `Verifier.verify_cached` again.
+        """
+        if request.problem is not None:
+            return deny(request.problem)
+
+        segment = self.policy.match(request.path, method=request.method, host=request.host)
+        if segment is None:
+            return deny("no_segment")
+
+        records, pending = self._cached_records(segment, request)
+        if pending:
+            return None
+
+        return self._conclude(segment, request, tuple(records))  # type: ignore[arg-type]
+
+    def _conclude(
+        self, segment: Segment, request: AccessRequest, records: tuple[VerdictRecord, ...]
+    ) -> Decision:
         decision = _evaluate(segment, request, records)
         for verifier in self._observers[segment]:
             try:
@@ -144,10 +172,31 @@ class Engine:
         if not verifiers:
             return ()
 
+        records, pending = self._cached_records(segment, request)
+        if not pending:
+            return tuple(records)  # type: ignore[arg-type]
+
+        context = self._contexts[segment]
+        if len(pending) == 1:
+            index = pending[0]
+            records[index] = await _run_one(verifiers[index], request, context)
+        elif pending:
+            done = await asyncio.gather(
+                *(_run_one(verifiers[index], request, context) for index in pending)
+            )
+            for index, record in zip(pending, done, strict=True):
+                records[index] = record
+
+        return tuple(record for record in records if record is not None)
+
+    def _cached_records(
+        self, segment: Segment, request: AccessRequest
+    ) -> tuple[list[VerdictRecord | None], list[int]]:
+        """Ask each verifier for a cached verdict; return the records and the indexes still open."""
         context = self._contexts[segment]
         records: list[VerdictRecord | None] = []
         pending: list[int] = []
-        for index, verifier in enumerate(verifiers):
+        for index, verifier in enumerate(segment.verifiers):
             started = perf_counter()
             try:
                 verdict = verifier.verify_cached(request, context)
@@ -174,19 +223,7 @@ class Engine:
                 )
             )
 
-        if not pending:
-            return tuple(records)  # type: ignore[arg-type]
-        if len(pending) == 1:
-            index = pending[0]
-            records[index] = await _run_one(verifiers[index], request, context)
-        elif pending:
-            done = await asyncio.gather(
-                *(_run_one(verifiers[index], request, context) for index in pending)
-            )
-            for index, record in zip(pending, done, strict=True):
-                records[index] = record
-
-        return tuple(record for record in records if record is not None)
+        return records, pending
 
 
 async def _run_one(
