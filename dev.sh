@@ -2,7 +2,7 @@
 # Developer entry point: creates .venv on first use, installs the project, then runs a task.
 #   ./dev.sh demo [ARGS...]   run the end-to-end demo (real servers on 127.0.0.1)
 #   ./dev.sh test [ARGS...]   run the test suite (extra arguments go to pytest)
-#   ./dev.sh lint             run ruff and mypy
+#   ./dev.sh lint             run ruff, mypy and a strict build of the docs site
 #   ./dev.sh bench [ARGS...]  run the in-process benchmark
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -44,9 +44,13 @@ case $task in
         ;;
     lint)
         install
-        "$venv/bin/ruff" check zerotrust tests benchmarks examples
-        "$venv/bin/ruff" format --check zerotrust tests benchmarks examples
+        "$venv/bin/ruff" check zerotrust tests benchmarks examples tools
+        "$venv/bin/ruff" format --check zerotrust tests benchmarks examples tools
         "$venv/bin/mypy"
+        # The docs site must build without a warning; the output is thrown away.
+        site_dir=$(mktemp -d)
+        trap 'rm -rf "$site_dir"' EXIT
+        NO_MKDOCS_2_WARNING=1 "$venv/bin/mkdocs" build --strict --quiet --site-dir "$site_dir"
         ;;
     bench)
         install
