@@ -5,120 +5,65 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from time import perf_counter
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .engine import Decision, Engine, deny
+from ._enforcement import (
+    STATE_KEY,
+    AccessContext,
+    DenialResponse,
+    DenyHandler,
+    PathNormalization,
+    build_denial,
+    check_path,
+    check_path_normalization,
+    default_denial,
+    get_access,
+    unreadable_request,
+)
+from ._reload import AsyncPolicyReload, split_policy
+from ._streams import StreamGuard, check_interval
+from .coverage import RouteCheck
+from .engine import Decision, deny
 from .events import EventEmitter, Sink
 from .exceptions import ConfigurationError
 from .policy import Policy, Segment
 from .request import (
     AccessRequest,
     ForwardedHeader,
-    PathProblem,
     TrustedProxies,
     accept_request_id,
-    check_raw_path,
-    new_request_id,
-    normalize_path,
     parse_host,
     parse_peer,
 )
-from .verifiers.base import Principal
-from .verifiers.jwks import RemoteKeySet
+
+if TYPE_CHECKING:
+    from .config import LoadedPolicy
 
 __all__ = [
     "STATE_KEY",
     "AccessContext",
     "DenialResponse",
+    "DenyHandler",
     "PathNormalization",
     "ZeroTrustMiddleware",
+    "default_denial",
+    "get_access",
 ]
 
 logger = logging.getLogger("zerotrust.asgi")
 
-STATE_KEY = "zerotrust"
-"""Key of the `AccessContext` in ``scope["state"]``; ``request.state.zerotrust`` in Starlette."""
-
-PathNormalization = Literal["reject", "rewrite"]
-
 _WEBSOCKET_POLICY_VIOLATION = 1008
-_ERROR_NAMES = {401: "unauthorized", 403: "forbidden"}
 
 
-@dataclass(frozen=True, slots=True)
-class AccessContext:
-    """
-    The access details of an allowed request, for the application.
-
-    Attributes:
-        principal: The authenticated principal, or ``None`` in a public segment.
-        decision: The full decision, including the segment and every verdict.
-        request: The access request the decision was made on.
-    """
-
-    principal: Principal | None
-    decision: Decision
-    request: AccessRequest
-
-    @property
-    def subject(self) -> str | None:
-        return self.principal.subject if self.principal is not None else None
-
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-
-@dataclass(frozen=True, slots=True)
-class DenialResponse:
-    """The HTTP response sent for a denied request."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-
-DenyHandler = Callable[[AccessRequest, Decision], DenialResponse]
-
-
-def default_denial(
-    request: AccessRequest, decision: Decision, realm: str = "zerotrust"
-) -> DenialResponse:
-    """
-    Build the default denial: a short JSON body with the request id and no internal detail.
-
-    A 401 carries ``WWW-Authenticate: Bearer`` (RFC 6750) with ``error="invalid_token"``
-    when a token was presented; a 403 for a missing scope carries ``insufficient_scope``.
-    """
-    status = decision.status if decision.status in _ERROR_NAMES else 403
-    body = orjson.dumps({"error": _ERROR_NAMES[status], "request_id": request.request_id})
-    headers = [
-        ("content-type", "application/json"),
-        ("cache-control", "no-store"),
-        ("x-request-id", request.request_id),
-    ]
-    if status == 401 or decision.challenge:
-        parameters = {"realm": realm, **(decision.challenge or {})}
-        challenge = ", ".join(f'{key}="{_quote(value)}"' for key, value in parameters.items())
-        headers.append(("www-authenticate", f"Bearer {challenge}"))
-
-    return DenialResponse(status, headers, body)
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-class ZeroTrustMiddleware:
+class ZeroTrustMiddleware(AsyncPolicyReload):
     """
     Verify every HTTP and websocket request against a policy before it reaches the app.
 
@@ -127,7 +72,8 @@ class ZeroTrustMiddleware:
 
     Args:
         app: The ASGI application to protect.
-        policy: A `Policy`, or a list of `Segment` objects to build one from.
+        policy: A `Policy`, a list of `Segment` objects to build one from, or the
+            `zerotrust.config.LoadedPolicy` of a policy file, which `reload` reads again.
         trusted_proxies: Addresses or CIDR networks of reverse proxies whose forwarding header
             names the client. Empty by default: the socket peer is the client.
         forwarded_header: ``x-forwarded-for`` or ``forwarded``; the header the proxies set.
@@ -138,6 +84,18 @@ class ZeroTrustMiddleware:
             path and hand that same path to the app).
         on_deny: Builds the response for a denied HTTP request; defaults to `default_denial`.
         realm: The ``realm`` in ``WWW-Authenticate`` challenges.
+        reverify_every: Seconds between decisions on an open websocket or streaming response,
+            from 0.1 to 86400. ``None``, the default, decides each request only once. A deny
+            closes the websocket with code 1008 or ends the response (docs/websockets.md).
+            Each open connection then has at most two background tasks.
+        check_routes: At lifespan startup, check that every route of the app falls in a
+            segment (see `zerotrust.coverage.check_routes`), and make the server fail to start
+            when one does not. Needs a Starlette, FastAPI, Litestar, Quart or Falcon app.
+        public_routes: Path rules for the routes meant to be public, read by ``check_routes``.
+            A route in a public segment that no rule matches fails the check.
+        reload_on_sighup: Read the policy file again when the process receives SIGHUP, as
+            `reload` does. Only for a middleware built from a policy file, in the main thread.
+            A SIGHUP handler installed before is still called.
 
     .. warning::
        Only list proxies you operate in ``trusted_proxies``: any peer in that list can claim
@@ -148,23 +106,21 @@ class ZeroTrustMiddleware:
         self,
         app: ASGIApp,
         *,
-        policy: Policy | Sequence[Segment],
+        policy: Policy | Sequence[Segment] | LoadedPolicy,
         trusted_proxies: Iterable[str] | TrustedProxies = (),
         forwarded_header: ForwardedHeader = "x-forwarded-for",
         events: EventEmitter | Sink | Sequence[Sink] | None = None,
         path_normalization: PathNormalization = "reject",
         on_deny: DenyHandler | None = None,
         realm: str = "zerotrust",
+        reverify_every: float | None = None,
+        reload_on_sighup: bool = False,
+        check_routes: bool = False,
+        public_routes: Iterable[str] = (),
     ) -> None:
-        if not isinstance(policy, Policy):
-            policy = Policy(policy)
-        if path_normalization not in ("reject", "rewrite"):
-            message = (
-                f"path_normalization must be 'reject' or 'rewrite', not {path_normalization!r}"
-            )
-            raise ConfigurationError(
-                message, parameter="path_normalization", value=path_normalization
-            )
+        interval = check_interval(reverify_every)
+        policy, loaded = split_policy(policy)
+        check_path_normalization(path_normalization)
         if not isinstance(trusted_proxies, TrustedProxies):
             trusted_proxies = TrustedProxies(trusted_proxies, header=forwarded_header)
         if isinstance(events, Sink):
@@ -173,14 +129,36 @@ class ZeroTrustMiddleware:
             events = EventEmitter(events)
 
         self.app = app
-        self.policy = policy
-        self.engine = Engine(policy)
+        self._init_policy(policy, events, loaded=loaded, reload_on_sighup=reload_on_sighup)
         self.trusted_proxies = trusted_proxies
         self.events = events
         self.path_normalization = path_normalization
         self.on_deny = on_deny
         self.realm = realm
-        self._key_sets = _remote_key_sets(policy)
+        self._route_check = _route_check(app, check_routes, public_routes)
+        self._stream_guard = (
+            StreamGuard(interval, lambda request: self.engine.decide(request), events)
+            if interval is not None
+            else None
+        )
+
+    @classmethod
+    def from_policy_file(
+        cls, app: ASGIApp, path: str | os.PathLike[str], **overrides: Any
+    ) -> ZeroTrustMiddleware:
+        """
+        Protect ``app`` with the policy and settings of a TOML policy file (docs/policy-files.md).
+
+        Keyword ``overrides`` replace the file's settings, such as ``on_deny=``.
+
+        Raises:
+            PolicyFileError: listing every problem of the file.
+
+        .. versionadded:: 0.3.0
+        """
+        from .config import middleware_from_policy_file
+
+        return middleware_from_policy_file(cls, app, path, **overrides)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -196,7 +174,9 @@ class ZeroTrustMiddleware:
             request, scope = self._access_request(scope)
         except Exception:
             logger.exception("reading the request failed; denying it")
-            request = _unreadable_request(scope)
+            request = unreadable_request(
+                scope.get("method", "GET"), websocket=scope.get("type") == "websocket"
+            )
         try:
             decision = await self.engine.decide(request)
         except Exception:
@@ -236,7 +216,12 @@ class ZeroTrustMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_watching_status)
+            if self._stream_guard is None:
+                await self.app(scope, receive, send_watching_status)
+            else:
+                await self._stream_guard.run(
+                    self.app, scope, receive, send_watching_status, request, decision
+                )
         except BaseException:
             if response_status is None:
                 response_status = 500
@@ -253,30 +238,23 @@ class ZeroTrustMiddleware:
     def _access_request(self, scope: Scope) -> tuple[AccessRequest, Scope]:
         """Build the access request, and the scope the app will see (rewritten if configured)."""
         headers = Headers(scope=scope)
-        problem: str | None = None
         path: str = scope.get("path", "") or ""
         root_path: str = scope.get("root_path", "") or ""
         raw = scope.get("raw_path")
         raw_path = raw if isinstance(raw, bytes) else path.encode("utf-8", "surrogateescape")
         raw_path = raw_path.split(b"?", 1)[0]
 
-        try:
-            decoded = check_raw_path(raw_path)
-        except PathProblem as error:
-            problem = error.reason
-        else:
-            if isinstance(raw, bytes) and path != decoded and path != root_path + decoded:
-                problem = "path_mismatch"
-
-        route_path = _route_path(path, root_path)
-        normalised = normalize_path(route_path or "/")
-        if problem is None and normalised != route_path and route_path:
-            if self.path_normalization == "reject":
-                problem = "path_not_normalized"
-            else:
-                scope = dict(scope)
-                scope["path"] = root_path + normalised
-                scope["raw_path"] = urllib.parse.quote(scope["path"]).encode()
+        problem, normalised, rewrite = check_path(
+            raw_path,
+            path,
+            root_path,
+            raw_from_server=isinstance(raw, bytes),
+            normalization=self.path_normalization,
+        )
+        if rewrite:
+            scope = dict(scope)
+            scope["path"] = root_path + normalised
+            scope["raw_path"] = urllib.parse.quote(scope["path"]).encode()
 
         host_values: list[str] = []
         request_ids: list[str] = []
@@ -292,7 +270,9 @@ class ZeroTrustMiddleware:
         tls = (scope.get("extensions") or {}).get("tls") or {}
         chain = tls.get("client_cert_chain") or ()
         request = AccessRequest(
-            method="GET" if is_websocket else scope.get("method", "GET"),
+            # Django and Werkzeug upper-case the method before routing, so "post" reaches a POST
+            # handler; the decision must read it as POST too, as the WSGI adapter does.
+            method="GET" if is_websocket else str(scope.get("method", "GET")).upper(),
             path=normalised,
             raw_path=raw_path.decode("latin-1"),
             host=host,
@@ -345,21 +325,27 @@ class ZeroTrustMiddleware:
         return response.status, None
 
     def _denial(self, request: AccessRequest, decision: Decision) -> DenialResponse:
-        if self.on_deny is not None:
-            try:
-                response = self.on_deny(request, decision)
-                if isinstance(response, DenialResponse) and response.status in (401, 403):
-                    return response
-                logger.error("on_deny returned %r, not a 401 or 403 DenialResponse", response)
-            except Exception:
-                logger.exception("on_deny failed for request %s", request.request_id)
-        return default_denial(request, decision, self.realm)
+        return build_denial(self.on_deny, self.realm, request, decision, logger)
 
     def _watch_lifespan(self, send: Send) -> Callable[[Message], Awaitable[None]]:
+        route_check_failed = False
+
         async def send_watching_lifespan(message: Message) -> None:
+            nonlocal route_check_failed
             message_type = message["type"]
             if message_type == "lifespan.startup.complete":
+                if self._route_check is not None:
+                    try:
+                        self._route_check.run(self.app, self.policy)
+                    except ConfigurationError as error:
+                        # Tell the server before raising: with lifespan "auto", uvicorn takes an
+                        # unreported exception for missing lifespan support and starts serving.
+                        route_check_failed = True
+                        await send({"type": "lifespan.startup.failed", "message": str(error)})
+                        raise
                 await self.warm_up()
+            elif route_check_failed and message_type == "lifespan.startup.failed":
+                return
             elif message_type in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await asyncio.to_thread(self.events.flush)
             await send(message)
@@ -368,59 +354,22 @@ class ZeroTrustMiddleware:
 
     async def warm_up(self) -> None:
         """Fetch every remote key set once, so the first requests need not wait. Never raises."""
-        if self._key_sets:
-            await asyncio.gather(*(key_set.refresh() for key_set in self._key_sets))
+        self._reloader.bind_loop(asyncio.get_running_loop())
+        key_sets = self._reloader.active.key_sets
+        if key_sets:
+            await asyncio.gather(*(key_set.refresh() for key_set in key_sets))
 
 
-def _unreadable_request(scope: Scope) -> AccessRequest:
-    """Build a minimal access request, marked as malformed, for a scope that could not be read."""
-    return AccessRequest(
-        method=str(scope.get("method", "GET"))[:16],
-        path="",
-        raw_path="",
-        host="",
-        headers=Headers(raw=[]),
-        client_ip=None,
-        peer_ip=None,
-        request_id=new_request_id(),
-        time=time.time(),
-        protocol="websocket" if scope.get("type") == "websocket" else "http",
-        problem="malformed_request",
-    )
-
-
-def _route_path(path: str, root_path: str) -> str:
-    """Return the path the app's router matches: ``path`` without the mount prefix."""
-    if not root_path or not path.startswith(root_path):
-        return path
-    if path == root_path:
-        return ""
-    if path[len(root_path)] == "/":
-        return path[len(root_path) :]
-    return path
+def _route_check(app: ASGIApp, enabled: bool, public_routes: Iterable[str]) -> RouteCheck | None:
+    if enabled:
+        return RouteCheck(app, public_routes)
+    if public_routes:
+        message = "public_routes is only read by the route check: pass check_routes=True as well"
+        raise ConfigurationError(message, parameter="public_routes", value=public_routes)
+    return None
 
 
 def _encode(headers: list[tuple[str, str]], body: bytes) -> list[tuple[bytes, bytes]]:
     encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
     encoded.append((b"content-length", str(len(body)).encode()))
     return encoded
-
-
-def _remote_key_sets(policy: Policy) -> list[RemoteKeySet]:
-    found: dict[int, RemoteKeySet] = {}
-    for segment in policy.segments:
-        for verifier in segment.verifiers:
-            key_set = getattr(verifier, "key_set", None)
-            if isinstance(key_set, RemoteKeySet):
-                found[id(key_set)] = key_set
-    return list(found.values())
-
-
-def get_access(scope_or_request: Any) -> AccessContext | None:
-    """Return the `AccessContext` of an ASGI scope or a Starlette/FastAPI request, if any."""
-    scope = getattr(scope_or_request, "scope", scope_or_request)
-    state = scope.get("state") if isinstance(scope, dict) else None
-    if not isinstance(state, dict):
-        return None
-    context = state.get(STATE_KEY)
-    return context if isinstance(context, AccessContext) else None

@@ -10,11 +10,33 @@ import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
+from ._policy_cases import (
+    CaseResult,
+    Expectation,
+    PolicyCase,
+    assert_decisions,
+    check_policy,
+    check_policy_async,
+)
 from .events import emitter as _emitter
 from .request import AccessRequest
 from .verifiers.base import Outcome, Principal, Verdict, VerificationContext, Verifier
 
-__all__ = ["StaticVerifier", "TokenIssuer", "abstain", "allow", "capture_events", "deny", "serve"]
+__all__ = [
+    "CaseResult",
+    "Expectation",
+    "PolicyCase",
+    "StaticVerifier",
+    "TokenIssuer",
+    "abstain",
+    "allow",
+    "assert_decisions",
+    "capture_events",
+    "check_policy",
+    "check_policy_async",
+    "deny",
+    "serve",
+]
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import orjson
 
 from . import offline
 from .cli_analyze import console_for, format_duration, summarize_anomalies
+from .rollout import MonitorRollout
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -28,8 +29,11 @@ Read access events from JSON lines files and print the measures of a rollout: de
 segment, cross-segment attempts blocked per principal (denials of a subject in a segment where
 the files hold no allowed request of that subject), mean time to detect per detector (from a
 replay through the default anomaly detectors), the share of traffic in monitor mode and the
-decisions over time. With --html, also write an HTML page with inline SVG charts of the
-decisions over time and the denials by reason. The page loads nothing from the network.
+decisions over time. For each segment in monitor mode, the report lists what enforcement would
+have denied, by reason, with distinct subjects and first and last seen, and ends with a verdict:
+safe to enforce, or how many of its requests it would deny. With --html, also write an HTML
+page with inline SVG charts of the decisions over time and the denials by reason. The page
+loads nothing from the network.
 
 Exit status: 0 on success, 1 when no file could be read or the HTML file could not be written,
 2 on a usage error."""
@@ -79,6 +83,7 @@ class RolloutReport:
     pairs: dict[tuple[str, str], Counter[str]] = field(default_factory=dict)
     bucket_size: int = _BUCKET_SIZES[0]
     buckets: dict[int, Counter[str]] = field(default_factory=dict)
+    monitor_rollout: MonitorRollout = field(default_factory=MonitorRollout)
 
     def observe(self, event: dict[str, Any]) -> dict[str, Any]:
         """Count one access event and return it, so this can tap a stream."""
@@ -90,6 +95,7 @@ class RolloutReport:
         if event.get("mode") == "monitor":
             self.monitor_mode += 1
             self.monitor_denials += outcome == "monitor_deny"
+            self.monitor_rollout.observe(event)
 
         segment = event.get("segment")
         segment_name = segment if isinstance(segment, str) else "(no segment)"
@@ -169,6 +175,7 @@ class RolloutReport:
                 "events": self.monitor_mode,
                 "share": self.monitor_mode / self.total if self.total else 0.0,
                 "would_deny": self.monitor_denials,
+                "segments": self.monitor_rollout.as_list(),
             },
             "segments": [
                 {"segment": name, **_outcomes(counts)} for name, counts in self._segment_rows()
@@ -265,6 +272,7 @@ def _print_report(console: Console, report: RolloutReport, measures: dict[str, A
             _bar(denials, widest),
         )
     console.print(table)
+    _print_monitor_rollout(console, monitor["segments"])
 
     table = Table(title="Cross-segment attempts per principal", title_justify="left")
     for column in ("subject", "segments never allowed", "blocked", "monitor only"):
@@ -315,6 +323,46 @@ def _print_report(console: Console, report: RolloutReport, measures: dict[str, A
     denials = [row["denied"] + row["monitor_denied"] for row in timeline["buckets"]]
     console.print(f"requests {_sparkline(requests)}")
     console.print(f"denials  {_sparkline(denials)}")
+
+
+def _print_monitor_rollout(console: Console, segments: list[dict[str, Any]]) -> None:
+    """Print what monitor mode let through that enforcement would deny, with segment verdicts."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    if not segments:
+        console.print("No segment in monitor mode.")
+        return
+
+    table = Table(title="Monitor mode: would-be denials per segment", title_justify="left")
+    table.add_column("segment")
+    table.add_column("reason")
+    for column in ("count", "distinct subjects", "without subject"):
+        table.add_column(column, justify="right")
+    table.add_column("first seen")
+    table.add_column("last seen")
+    for row in segments:
+        for reason in row["reasons"]:
+            subjects = str(reason["distinct_subjects"])
+            table.add_row(
+                escape(row["segment"]),
+                escape(reason["reason"]),
+                str(reason["count"]),
+                subjects if reason["distinct_subjects_exact"] else f"≥ {subjects}",
+                str(reason["without_subject"]),
+                _to_second(reason["first_seen"]),
+                _to_second(reason["last_seen"]),
+            )
+    if table.row_count:
+        console.print(table)
+    for row in segments:
+        style = "green" if row["safe_to_enforce"] else "yellow"
+        console.print(f"[{style}]{escape(row['segment'])}: {escape(row['verdict'])}[/]")
+
+
+def _to_second(moment: str | None) -> str:
+    """Shorten an RFC 3339 time with microseconds to whole seconds for a table cell."""
+    return f"{moment[:19]}Z" if moment else "-"
 
 
 def _bounded(table: dict[Any, Counter[str]], key: Any) -> Counter[str]:
@@ -370,6 +418,14 @@ def _describe_size(seconds: int) -> str:
 # HTML
 
 
+# The row of a monitor-mode segment without would-be denials, so its verdict still shows.
+_NO_WOULD_DENY = {
+    "reason": "-",
+    "count": 0,
+    "distinct_subjects": 0,
+    "first_seen": None,
+    "last_seen": None,
+}
 _COLORS = {"allowed": "#4c9a2a", "denied": "#c0392b", "monitor_denied": "#e67e22"}
 _LABELS = {"allowed": "allowed", "denied": "denied", "monitor_denied": "denied in monitor mode"}
 
@@ -407,6 +463,23 @@ def render_html(measures: dict[str, Any], input_stats: dict[str, Any]) -> str:
             [
                 (row["segment"], row["requests"], row["denied"], row["monitor_denied"])
                 for row in measures["segments"]
+            ],
+        ),
+        "<h2>Monitor mode: would-be denials per segment</h2>",
+        _html_table(
+            ("segment", "verdict", "reason", "count", "subjects", "first seen", "last seen"),
+            [
+                (
+                    row["segment"],
+                    row["verdict"],
+                    reason["reason"],
+                    reason["count"],
+                    reason["distinct_subjects"],
+                    reason["first_seen"] or "-",
+                    reason["last_seen"] or "-",
+                )
+                for row in monitor["segments"]
+                for reason in row["reasons"] or [_NO_WOULD_DENY]
             ],
         ),
         "<h2>Cross-segment attempts per principal</h2>",
