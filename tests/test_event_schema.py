@@ -174,12 +174,12 @@ class TestSchema:
         assert [] == undocumented
 
     def test_optional_keys(self) -> None:
-        """Only missing_scopes, facts, close_code and raw_path may be left out of an event."""
+        """Only missing_scopes, facts, close_code, raw_path and reverified may be left out."""
         schema = access_event_schema()
 
         optional = set(schema["properties"]) - set(schema["required"])
 
-        assert {"missing_scopes", "facts", "close_code", "raw_path"} == optional
+        assert {"missing_scopes", "facts", "close_code", "raw_path", "reverified"} == optional
 
     def test_rejects_unknown_key(self, validator: Draft202012Validator) -> None:
         """An event with a key the schema does not list is invalid."""
