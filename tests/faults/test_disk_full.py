@@ -48,7 +48,7 @@ CHILD = textwrap.dedent(
         spool_dir=sys.argv[1],
         flush_interval=0.02,
         batch_size=8,
-        max_sink_queue=8,
+        max_sink_queue=1000,
         retry_initial=30.0,
         drop_report_interval=0.1,
     )
