@@ -30,13 +30,14 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from zerotrust import (
     ConfigurationError,
+    ConnectionEndedError,
     JWTVerifier,
     MemorySink,
     Policy,
     Segment,
     ZeroTrustMiddleware,
 )
-from zerotrust._streams import MAX_INTERVAL, MIN_INTERVAL, ConnectionEndedError, StreamGuard
+from zerotrust._streams import MAX_INTERVAL, MIN_INTERVAL, StreamGuard
 from zerotrust.engine import Engine
 from zerotrust.events import access_event_schema
 from zerotrust.grants import GrantBroker, GrantVerifier, MemoryGrantStore, generate_signing_key

@@ -10,6 +10,7 @@ from .engine import Decision, Engine, VerdictRecord
 from .events import EventEmitter, JsonLinesSink, MemorySink, Sink, StructlogSink
 from .exceptions import (
     ConfigurationError,
+    ConnectionEndedError,
     InfrastructureError,
     InsecureConfigurationWarning,
     KeySetUnavailableError,
@@ -52,6 +53,7 @@ __all__ = [
     "AccessContext",
     "AccessRequest",
     "ConfigurationError",
+    "ConnectionEndedError",
     "Decision",
     "DenialResponse",
     "Deny",

@@ -20,7 +20,7 @@ from starlette.websockets import WebSocketDisconnect
 from .engine import Decision, deny
 from .events import EventEmitter
 from .events.access import build_access_event
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, ConnectionEndedError
 from .request import AccessRequest
 
 __all__ = ["MAX_INTERVAL", "MIN_INTERVAL", "ConnectionEndedError", "StreamGuard", "check_interval"]
@@ -64,18 +64,6 @@ def check_interval(value: object) -> float | None:
         raise ConfigurationError(message, parameter="reverify_every", value=value)
 
     return float(value)
-
-
-class ConnectionEndedError(OSError):
-    """
-    The middleware ended this connection because access was no longer allowed.
-
-    The application's ``send`` raises it after the end, as an ASGI server raises a subclass of
-    `OSError` for a connection that is closed.
-    """
-
-    def __init__(self) -> None:
-        super().__init__("the connection was ended because access is no longer allowed")
 
 
 class StreamGuard:

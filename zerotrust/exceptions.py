@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "ConnectionEndedError",
     "InfrastructureError",
     "InsecureConfigurationWarning",
     "KeySetUnavailableError",
@@ -65,6 +66,18 @@ class KeySetUnavailableError(InfrastructureError):
         super().__init__(f"fetching the JWKS from {url} failed: {reason}")
         self.url = url
         self.reason = reason
+
+
+class ConnectionEndedError(ZeroTrustError, OSError):
+    """
+    The middleware ended this connection because access was no longer allowed.
+
+    The application's ``send`` raises it after the end, as an ASGI server raises a subclass of
+    `OSError` for a connection that is closed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the connection was ended because access is no longer allowed")
 
 
 class ZeroTrustWarning(UserWarning):
