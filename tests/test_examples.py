@@ -173,6 +173,7 @@ def test_events_written(name: str, environment: Path, issuer: TokenIssuer) -> No
 
     validator = Draft202012Validator(access_event_schema(), format_checker=FormatChecker())
     events = [orjson.loads(line) for line in environment.read_bytes().splitlines()]
+    events.sort(key=lambda event: event["timestamp"])
     for event in events:
         assert [] == [error.message for error in validator.iter_errors(event)]
     assert [200, 401, 403] == [event["status"] for event in events]

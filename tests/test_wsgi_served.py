@@ -185,6 +185,8 @@ def test_events_flushed_at_exit(issuer: TokenIssuer, jwks_url: str, tmp_path: Pa
         # Then it waits up to 60 seconds for a full batch, so the three requests wait in memory.
         before = [event["path"] for event in read_events(events_file)]
 
-    statuses = [event["status"] for event in read_events(events_file)]
-    assert ["/healthz"] == before
-    assert [200, 200, 401, 403] == statuses
+    # On a busy machine the readiness probe may poll /healthz more than once.
+    requests = [event for event in read_events(events_file) if event["path"] != "/healthz"]
+    requests.sort(key=lambda event: event["timestamp"])
+    assert {"/healthz"} == set(before)
+    assert [200, 401, 403] == [event["status"] for event in requests]

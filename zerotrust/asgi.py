@@ -271,7 +271,7 @@ class ZeroTrustMiddleware(AsyncPolicyReload):
         chain = tls.get("client_cert_chain") or ()
         request = AccessRequest(
             # Django and Werkzeug upper-case the method before routing, so "post" reaches a POST
-            # handler; the decision must read it as POST too, as the WSGI adapter does.
+            # handler. The decision reads it as POST too, as the WSGI adapter does.
             method="GET" if is_websocket else str(scope.get("method", "GET")).upper(),
             path=normalised,
             raw_path=raw_path.decode("latin-1"),

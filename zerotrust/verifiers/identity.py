@@ -308,6 +308,10 @@ class JWTVerifier(Verifier):
         expires = claims.get("exp")
         if not isinstance(subject, str) or not subject:
             return _failed("invalid_claim", "sub is not a non-empty string", digest)
+        # PyJWT reads a numeric string as exp too, but the token cache needs a number to stop
+        # serving the token at its expiry, and RFC 7519 defines exp as a JSON number.
+        if isinstance(expires, bool) or not isinstance(expires, int | float):
+            return _failed("invalid_claim", "exp is not a number", digest)
         scopes = _string_set(claims.get(self.scopes_claim))
         roles = _string_set(_nested(claims, self.roles_path))
         if scopes is None or roles is None:
@@ -319,7 +323,7 @@ class JWTVerifier(Verifier):
             scopes=scopes,
             roles=roles,
             claims=claims,
-            expires_at=float(expires) if isinstance(expires, int | float) else None,
+            expires_at=float(expires),
             credential_fingerprint=digest.hex()[:16],
             # A malformed authentication claim counts as absent, so step-up checks fail closed.
             auth_time=_number(claims.get("auth_time")),

@@ -214,6 +214,17 @@ def _key_to_jwk(key: Any, algorithms: frozenset[str]) -> Mapping[str, Any]:
         if not isinstance(secret, bytes) or len(secret) < _MIN_HMAC_SECRET_BYTES:
             message = f"an HMAC secret must be at least {_MIN_HMAC_SECRET_BYTES} bytes long"
             raise ConfigurationError(message, parameter="keys", value="<secret>")
+        try:
+            # PyJWT refuses PEM, SSH and JWK text as an HMAC secret when it verifies: a public
+            # key is public, so anyone could sign with it. Refusing it here fails at startup
+            # rather than on every request.
+            jwt.algorithms.HMACAlgorithm(jwt.algorithms.HMACAlgorithm.SHA256).prepare_key(secret)
+        except jwt.InvalidKeyError:
+            message = (
+                "an HMAC secret must be a random shared secret, not a public key, certificate "
+                "or JWK: for a public key, list an asymmetric algorithm such as 'RS256'"
+            )
+            raise ConfigurationError(message, parameter="keys", value="<secret>") from None
         hmac_jwk: dict[str, Any] = json.loads(jwt.algorithms.HMACAlgorithm.to_jwk(secret))
         return hmac_jwk
 
