@@ -5,10 +5,12 @@ import base64
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import importlib.util
 import io
 import ipaddress
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,18 +27,17 @@ from starlette.types import Receive, Scope, Send
 import zerotrust.events
 from zerotrust import Segment, ZeroTrustMiddleware
 from zerotrust.cli import EXIT_FAILURE, EXIT_OK, main
+from zerotrust.config import LoadedPolicy, load_policy
 from zerotrust.demo import _render_unwrapped, runner, script
-from zerotrust.demo import app as demo_app
 from zerotrust.demo.app import (
     BURST_THRESHOLD,
     GRANT_ISSUER,
     INTERNAL_PATH,
     REPORT_PATH,
     STUFFING_ACCOUNTS,
-    TRUSTED_PROXIES,
     WORKSPACE_COUNTRIES,
     DemoClock,
-    build_workload_verifier,
+    default_policy_path,
 )
 from zerotrust.demo.client import _parse_response, send_raw_request
 from zerotrust.demo.grants import GrantSteps, StepOutcome, check_grant_events
@@ -68,7 +69,7 @@ from zerotrust.demo.workloads import (
 from zerotrust.events import MemorySink
 from zerotrust.geo import GeoIP2FastBackend
 from zerotrust.grants import GrantBroker, MemoryGrantStore, generate_signing_key
-from zerotrust.monitor import Detector, run_detectors
+from zerotrust.monitor import run_detectors
 from zerotrust.testing import TokenIssuer, capture_events, serve
 from zerotrust.verifiers import check_spiffe_id
 from zerotrust.verifiers.certificates import parse_certificate
@@ -164,6 +165,14 @@ def probe_index(steps: list[ScriptStep], condition: Any) -> int:
     return next(
         index for index, step in enumerate(steps) if isinstance(step, Probe) and condition(step)
     )
+
+
+@pytest.fixture(name="demo_policy", scope="module")
+def fixture_demo_policy() -> Iterator[LoadedPolicy]:
+    """The demo's policy file, loaded with its defaults and without its own sinks."""
+    loaded = load_policy(default_policy_path(), environ={}, build_sinks=False)
+    yield loaded
+    loaded.events.close()
 
 
 @pytest.fixture(name="workloads", scope="module")
@@ -288,6 +297,25 @@ class TestDemoCommand:
         assert "2 of 2 grant steps done" in output
         assert "1 of 1 detection steps done" in output
         assert "57 access, 5 grant and 2 anomaly events written" in output
+
+    def test_report_names_policy(self, demo_run: DemoRun) -> None:
+        """The report names the policy file the app was built from, with its SHA-256."""
+        (result,) = demo_run.results
+        policy = default_policy_path()
+
+        assert policy == result.policy_path
+        assert hashlib.sha256(policy.read_bytes()).hexdigest() == result.policy_sha256
+        assert f"Policy file: {policy}, SHA-256 {result.policy_sha256}" in demo_run.stdout
+
+    def test_policy_sinks_not_built(self, demo_run: DemoRun) -> None:
+        """The policy file's standard error sink writes nothing during the demo."""
+        assert "" == demo_run.stderr
+
+    def test_environment_unchanged(self, demo_run: DemoRun) -> None:
+        """The run's values reach the policy without being set in the process environment."""
+        assert EXIT_OK == demo_run.status
+
+        assert [] == [name for name in os.environ if name.startswith("ZT_DEMO_")]
 
     def test_wall_time(self, demo_run: DemoRun) -> None:
         """The report gives the run's wall time and the time spent loading the geo data."""
@@ -629,14 +657,17 @@ class TestDemoMonitoring:
         for anomaly in result.anomaly_events:
             assert set(anomaly["contributing_event_ids"]) <= attack_ids, anomaly["detector"]
 
-    def test_script_before_attack_is_quiet(self, demo_run: DemoRun) -> None:
-        """The demo detectors find nothing in the requests before the attack."""
+    def test_script_before_attack_is_quiet(
+        self, demo_run: DemoRun, demo_policy: LoadedPolicy
+    ) -> None:
+        """The detectors of the demo's policy find nothing in the requests before the attack."""
         (result,) = demo_run.results
         events = [outcome.event for outcome in result.outcomes[:REQUESTS_BEFORE_ATTACK]]
         assert None not in events
+        assert demo_policy.monitor is not None
 
         assert [] == run_detectors(
-            [event for event in events if event is not None], demo_app.build_detectors()
+            [event for event in events if event is not None], demo_policy.monitor.detectors
         )
 
     def test_subject_flag_denies_attacker(self, demo_run: DemoRun) -> None:
@@ -1106,16 +1137,16 @@ class TestDemoRuns:
         assert "pip install 'zerotrust-middleware[geo]'" in stderr
         assert not events_path.exists()
 
-    def test_no_detectors_fails(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_no_detectors_fails(self, tmp_path: Path) -> None:
         """Without detectors, the detection step, the flagged requests and the check fail."""
-
-        def no_detectors() -> list[Detector]:
-            return []
-
-        monkeypatch.setattr(demo_app, "build_detectors", no_detectors)
+        text = default_policy_path().read_text(encoding="utf-8")
+        monitor = 'detectors = ["denied_burst", "credential_stuffing"]'
+        assert monitor in text
+        policy = tmp_path / "no-detectors.toml"
+        policy.write_text(text.replace(monitor, "detectors = []"), encoding="utf-8")
 
         status, stdout, _ = run_main(
-            ["demo", "--quiet", "--events", str(tmp_path / "events.jsonl")]
+            ["demo", "--quiet", "--policy", str(policy), "--events", str(tmp_path / "events.jsonl")]
         )
 
         assert EXIT_FAILURE == status
@@ -1257,16 +1288,22 @@ class TestWorkloadCertificates:
 
 class TestDemoWorkloadVerifier:
     @staticmethod
-    async def fetch(pem: str | None, peer: str) -> tuple[int, dict[str, Any]]:
+    async def fetch(
+        demo_policy: LoadedPolicy, pem: str | None, peer: str
+    ) -> tuple[int, dict[str, Any]]:
         """Call the internal segment in-process from ``peer``; return the status and event."""
 
         async def orders(scope: Scope, receive: Receive, send: Send) -> None:
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"{}"})
 
-        segment = Segment("internal", paths=["/internal/"], verifiers=[build_workload_verifier()])
+        workload = demo_policy.verifiers["workload"]
+        segment = Segment("internal", paths=["/internal/"], verifiers=[workload])
         app = ZeroTrustMiddleware(
-            orders, policy=[segment], trusted_proxies=TRUSTED_PROXIES, events=MemorySink()
+            orders,
+            policy=[segment],
+            trusted_proxies=demo_policy.trusted_proxies,
+            events=MemorySink(),
         )
         headers = {} if pem is None else {CLIENT_CERTIFICATE_HEADER: urllib.parse.quote(pem)}
         transport = httpx.ASGITransport(app=app, client=(peer, 40000))
@@ -1278,24 +1315,26 @@ class TestDemoWorkloadVerifier:
         (event,) = events
         return response.status_code, event
 
-    async def test_trusted_proxy(self, workloads: DemoWorkloads) -> None:
+    async def test_trusted_proxy(self, demo_policy: LoadedPolicy, workloads: DemoWorkloads) -> None:
         """From loopback, the forwarded certificate of the app tier is accepted."""
-        status, event = await self.fetch(workloads.web.pem, "127.0.0.1")
+        status, event = await self.fetch(demo_policy, workloads.web.pem, "127.0.0.1")
 
         assert 200 == status
         assert workloads.web.spiffe_id == event["subject"]
 
-    async def test_untrusted_peer(self, workloads: DemoWorkloads) -> None:
+    async def test_untrusted_peer(
+        self, demo_policy: LoadedPolicy, workloads: DemoWorkloads
+    ) -> None:
         """The certificate header from a peer that is not a trusted proxy is rejected."""
-        status, event = await self.fetch(workloads.web.pem, "192.0.2.10")
+        status, event = await self.fetch(demo_policy, workloads.web.pem, "192.0.2.10")
 
         assert 401 == status
         assert ["client_certificate_from_untrusted_peer"] == event["reasons"]
         assert event["subject"] is None
 
-    async def test_malformed_header(self) -> None:
+    async def test_malformed_header(self, demo_policy: LoadedPolicy) -> None:
         """A header that is not one PEM certificate is denied as malformed."""
-        status, event = await self.fetch("not a certificate", "127.0.0.1")
+        status, event = await self.fetch(demo_policy, "not a certificate", "127.0.0.1")
 
         assert 401 == status
         assert ["malformed_client_certificate"] == event["reasons"]

@@ -21,27 +21,29 @@ __all__ = ["DESCRIPTION", "SUMMARY", "add_arguments", "run"]
 SUMMARY = "serve a protected sample app on loopback and send it allowed and denied requests"
 DESCRIPTION = """\
 Start a local token issuer with a JWKS endpoint and a sample Starlette app protected by
-ZeroTrustMiddleware, both on a loopback address. Then send a scripted set of HTTP requests
-(valid, expired, forged and unsigned tokens, missing scopes and roles, path tricks) and
-compare each decision with the expected one. A workspace segment also checks a signed device
-posture assertion, the client's country (from X-Forwarded-For, which the app trusts from
-loopback) and office hours, judged on a clock the demo sets for each request. An internal
-segment lets only the app tier's workload call it. For that, the demo generates a CA and client
-certificates with SPIFFE IDs in memory. The client forwards a certificate in the
+ZeroTrustMiddleware, both on a loopback address. The app's policy comes from the policy file
+examples/policy.toml (a copy ships with the package), or from the file given with --policy; the
+demo passes the issuer's URL and the keys it generates through ZT_DEMO_* variables. Then send a
+scripted set of HTTP requests (valid, expired, forged and unsigned tokens, missing scopes and
+roles, path tricks) and compare each decision with the expected one. A workspace segment also
+checks a signed device posture assertion, the client's country (from X-Forwarded-For, which the
+app trusts from loopback) and office hours, judged on a clock the demo sets for each request.
+An internal segment lets only the app tier's workload call it. For that, the demo generates a
+CA and client certificates with SPIFFE IDs in memory. The client forwards a certificate in the
 X-SSL-Client-Cert header, as a TLS-terminating proxy on loopback would. Finally, the demo mints
 a just-in-time grant that lets a user without the admin role read one admin report, shows where
 the grant does not reach, and revokes it. Last comes an attack from documentation-range
-addresses: a burst of denied writes with a stolen token, then forged tokens for many
-accounts. A monitor on the event stream detects both, and the API then denies the flagged
-subject and address, while the same users still get in from loopback. The access, grant and
-anomaly events are appended to one JSON lines file. The access events are checked against the
-access event JSON Schema, the grant events are counted by kind, and the anomaly events are
-compared with what the monitor raised. The file is also searched for leaked tokens, device
-assertions, grant tokens and the private keys of the workload certificates.
+addresses: a burst of denied writes with a stolen token, then forged tokens for many accounts.
+A monitor on the event stream detects both, and the API then denies the flagged subject and
+address, while the same users still get in from loopback. The access, grant and anomaly events
+are appended to one JSON lines file. The access events are checked against the access event
+JSON Schema, the grant events are counted by kind, and the anomaly events are compared with
+what the monitor raised. The file is also searched for leaked tokens, device assertions, grant
+tokens and the private keys of the workload certificates.
 
 Exit status: 0 when every request got the expected status and reason, every grant and
 detection step succeeded and the events file passed every check, 1 otherwise, 2 on a usage
-error."""
+error or a policy file the demo cannot load."""
 
 DEFAULT_EVENTS_PATH = Path("zerotrust-demo-events.jsonl")
 _PIPED_WIDTH = 120
@@ -74,6 +76,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="loopback address both servers listen on (default: %(default)s)",
     )
     parser.add_argument(
+        "--policy",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help=(
+            "TOML policy file of the sample app, which must declare the "
+            "[verifiers.office_hours] and [verifiers.grants] that the demo drives "
+            "(default: examples/policy.toml)"
+        ),
+    )
+    parser.add_argument(
         "--quiet",
         action="store_true",
         help="print only the one-line result and any request that did not go as expected",
@@ -95,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
     from ..events import JsonLinesSink
+    from ..exceptions import ConfigurationError
     from .report import print_outcomes, print_summary, summary_line
     from .runner import DemoOptions, find_secrets, run_demo
     from .servers import ServerStartError
@@ -104,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
         # Rich assumes 80 columns when writing to a file or pipe, which wraps every row.
         console.width = _PIPED_WIDTH
     error_console = Console(stderr=True, highlight=False, soft_wrap=True)
-    options = DemoOptions(events_path=args.events, host=args.host, port=args.port)
+    options = DemoOptions(
+        events_path=args.events, host=args.host, port=args.port, policy_path=args.policy
+    )
     try:
         events_sink = JsonLinesSink(options.events_path)
     except OSError as error:
@@ -124,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
     except ServerStartError as error:
         error_console.print(f"zerotrust demo: error: {error}", markup=False)
         return EXIT_FAILURE
+    except ConfigurationError as error:
+        # PolicyFileError lists every problem of the file, one per line.
+        error_console.print(f"zerotrust demo: error: {error}", markup=False)
+        return EXIT_USAGE
     finally:
         # The emitter closes the sink on success; this covers a failure before it existed.
         events_sink.close()

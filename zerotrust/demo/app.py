@@ -1,15 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The demo's sample application: five segments behind `ZeroTrustMiddleware`."""
+"""The demo's sample application: five segments behind `ZeroTrustMiddleware`, from a policy file."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime as dt
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
@@ -18,35 +20,23 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..asgi import ZeroTrustMiddleware, get_access
+from ..config import LoadedPolicy, load_policy
 from ..events import EventEmitter, Sink
+from ..exceptions import ConfigurationError
 from ..grants import GrantStore, GrantVerifier
-from ..monitor import (
-    CredentialStuffingDetector,
-    DeniedBurstDetector,
-    Detector,
-    MonitorSink,
-    RiskSignals,
-    RiskVerifier,
-)
-from ..policy import Segment
-from ..verifiers import (
-    DeviceVerifier,
-    GeoVerifier,
-    JWTVerifier,
-    NetworkVerifier,
-    TimeWindowVerifier,
-    WorkloadVerifier,
-)
-from .workloads import CLIENT_CERTIFICATE_HEADER, INTERNAL_CALLERS
+from ..monitor import MonitorSink, RiskSignals
+from ..verifiers import GeoVerifier, TimeWindowVerifier
 
 __all__ = [
     "AUDIENCE",
     "BURST_THRESHOLD",
     "DEVICE_AUDIENCE",
     "GRANT_ISSUER",
+    "GRANT_VERIFIER",
     "INTERNAL_PATH",
-    "OFFICE_HOURS",
+    "OFFICE_HOURS_VERIFIER",
     "OFFICE_TIME_ZONE",
+    "POLICY_VARIABLES",
     "REPORT_PATH",
     "STUFFING_ACCOUNTS",
     "TRUSTED_PROXIES",
@@ -54,31 +44,44 @@ __all__ = [
     "DemoApp",
     "DemoClock",
     "build_demo_app",
-    "build_detectors",
-    "build_segments",
-    "build_workload_verifier",
+    "default_policy_path",
+    "policy_environ",
 ]
 
+# What the script expects of the policy in examples/policy.toml. The file sets these values
+# itself, and a test checks that both agree.
 AUDIENCE = "api"
 DEVICE_AUDIENCE = "workspace"
 WORKSPACE_COUNTRIES = ("DE", "AT", "CH")
-OFFICE_HOURS = "mon-fri 08:00-18:00"
 OFFICE_TIME_ZONE = ZoneInfo("Europe/Berlin")
-# Both servers listen on loopback, so the scripted client is the only proxy hop there is.
 TRUSTED_PROXIES = ("127.0.0.1", "::1")
-MAX_POSTURE_AGE = 3600.0
 GRANT_ISSUER = "zerotrust-demo-grants"
-# In the admin area, so only the admin role or a just-in-time grant opens it.
-REPORT_PATH = "/admin/reports/daily"
-# A service-to-service route: the database tier, which only the app tier's workload may call.
-INTERNAL_PATH = "/internal/orders"
 # Denials of one subject, and failing accounts from one address, that are still normal. Before
 # the attack the script denies the reader and alice 6 times each and fails 6 tokens from
 # loopback, so only the attack crosses these limits.
 BURST_THRESHOLD = 7
 STUFFING_ACCOUNTS = 8
-# Seconds each detector looks back; the whole demo takes a few seconds.
-DETECTOR_WINDOW = 3600.0
+# In the admin area, so only the admin role or a just-in-time grant opens it.
+REPORT_PATH = "/admin/reports/daily"
+# A service-to-service route: the database tier, which only the app tier's workload may call.
+INTERNAL_PATH = "/internal/orders"
+
+POLICY_VARIABLES = (
+    "ZT_DEMO_ISSUER",
+    "ZT_DEMO_JWKS_URL",
+    "ZT_DEMO_DEVICE_ISSUER",
+    "ZT_DEMO_DEVICE_KEYS",
+    "ZT_DEMO_GRANT_KEYS",
+)
+"""The environment variables through which the demo passes its run's values to the policy."""
+
+# The verifiers the runner drives, by their [verifiers.NAME] in the policy file.
+OFFICE_HOURS_VERIFIER = "office_hours"
+GRANT_VERIFIER = "grants"
+_V = TypeVar("_V")
+_PACKAGED_POLICY = Path(__file__).with_name("policy.toml")
+# A checkout has no packaged copy: the wheel build adds it (see pyproject.toml).
+_CHECKOUT_POLICY = Path(__file__).resolve().parents[2] / "examples" / "policy.toml"
 
 
 class DemoClock:
@@ -104,163 +107,95 @@ class DemoApp:
 
     Attributes:
         middleware: The ASGI app to serve.
+        policy: The loaded policy file.
         events: The emitter; closing it flushes every event to the sinks.
         clock: The clock of the office-hours check.
-        geo: The country check, whose data the app loads at start-up.
-        monitor: The sink that runs the detectors on the access events.
+        grant_store: The store of the policy's grant verifier, where the grant broker records
+            and revokes grants.
+        geo: The country checks of the policy, whose data the app loads at start-up.
+        monitor: The sink that runs the detectors on the access events, or ``None`` when the
+            policy has no ``[monitor]`` table.
         signals: The risk signals the detectors raise and the ``api`` segment reads.
         geo_load_seconds: How long loading the geo data took at start-up, once it has run.
     """
 
     middleware: ZeroTrustMiddleware
+    policy: LoadedPolicy
     events: EventEmitter
     clock: DemoClock
-    geo: GeoVerifier
-    monitor: MonitorSink
+    grant_store: GrantStore
+    geo: tuple[GeoVerifier, ...]
+    monitor: MonitorSink | None
     signals: RiskSignals
     geo_load_seconds: float | None = None
 
 
-def build_segments(
+def default_policy_path() -> Path:
+    """
+    Return the policy file the demo runs by default: examples/policy.toml.
+
+    An installed wheel contains a copy next to this module. A checkout, or an editable install of
+    one, reads the file in the checkout's examples/ directory.
+    """
+    if _PACKAGED_POLICY.is_file():
+        return _PACKAGED_POLICY
+    return _CHECKOUT_POLICY
+
+
+def policy_environ(
     *,
     issuer: str,
     jwks_url: str,
     device_issuer: str,
     device_keys: Mapping[str, Any],
-    clock: DemoClock,
-    geo: GeoVerifier,
     grant_keys: Mapping[str, Any],
-    grant_store: GrantStore,
-    events: EventEmitter,
-    signals: RiskSignals,
-) -> list[Segment]:
+    base: Mapping[str, str],
+) -> dict[str, str]:
     """
-    Build the demo policy: a public health check, a scoped API, an admin area, a workspace
-    and an internal segment for service-to-service calls.
+    Return ``base`` with the `POLICY_VARIABLES` set to one run's values.
 
-    One `JWTVerifier` serves every user-facing segment, so the JWKS is fetched once. The API
-    also denies requests that an active risk signal in ``signals`` is about. The admin
-    area also requires a loopback client, and the admin role or a just-in-time grant signed by
-    one of ``grant_keys`` and not revoked in ``grant_store``. The workspace requires a managed
-    device with fresh posture bound to the user, a client in one of `WORKSPACE_COUNTRIES`, and
-    office hours. The internal segment requires a client certificate whose SPIFFE ID is one of
-    `INTERNAL_CALLERS`, forwarded by a trusted proxy in `CLIENT_CERTIFICATE_HEADER`.
+    ``device_keys`` and ``grant_keys`` are public JWKS, written as JSON. The result goes to
+    `load_policy` as its ``environ``, so the process environment stays unchanged.
     """
-    identity = JWTVerifier(
-        issuer=issuer,
-        audience=AUDIENCE,
-        algorithms=["RS256", "ES256"],
-        jwks_url=jwks_url,
-    )
-    local_network = NetworkVerifier(allow={"loopback": ["127.0.0.0/8", "::1/128"]})
-    device = DeviceVerifier(
-        issuer=device_issuer,
-        audience=DEVICE_AUDIENCE,
-        algorithms=["ES256"],
-        keys=device_keys,
-        require_managed=True,
-        max_posture_age=MAX_POSTURE_AGE,
-    )
-    office_hours = TimeWindowVerifier(windows=OFFICE_HOURS, timezone=OFFICE_TIME_ZONE, clock=clock)
-    # A valid grant replaces the admin role. The demo records every use, not one a minute.
-    grants = GrantVerifier(
-        keys=grant_keys,
-        store=grant_store,
-        issuer=GRANT_ISSUER,
-        mode="alternative",
-        events=events,
-        use_event_interval=0,
-    )
-    workload = build_workload_verifier()
-
-    return [
-        Segment("public", paths=["/healthz"], public=True),
-        Segment(
-            "api",
-            paths=["/api/"],
-            verifiers=[identity, RiskVerifier(signals)],
-            scopes={"GET": ["api:read"], "POST": ["api:write"]},
-        ),
-        Segment(
-            "admin",
-            paths=["/admin/"],
-            verifiers=[identity, local_network, grants],
-            roles=["admin"],
-        ),
-        Segment(
-            "workspace",
-            paths=["/workspace/"],
-            verifiers=[identity, device, geo, office_hours],
-            scopes={"GET": ["workspace:read"]},
-        ),
-        Segment("internal", paths=["/internal/"], verifiers=[workload]),
-    ]
-
-
-def build_detectors() -> list[Detector]:
-    """
-    Build the detectors the demo's monitor runs, with limits small enough for a short attack.
-
-    A denied burst flags the subject only for the addresses the denials came from, and
-    credential stuffing flags the client address, so neither locks out a user elsewhere.
-    """
-    return [
-        DeniedBurstDetector(threshold=BURST_THRESHOLD, window=DETECTOR_WINDOW),
-        CredentialStuffingDetector(subjects=STUFFING_ACCOUNTS, window=DETECTOR_WINDOW),
-    ]
-
-
-def build_workload_verifier() -> WorkloadVerifier:
-    """
-    Build the internal segment's check: a client certificate for one of `INTERNAL_CALLERS`.
-
-    The demo serves plain HTTP, so the certificate can only come from a proxy that terminated
-    mutual TLS and verified the chain. The middleware accepts `CLIENT_CERTIFICATE_HEADER` only
-    from `TRUSTED_PROXIES`.
-    """
-    return WorkloadVerifier(
-        allowed_ids=INTERNAL_CALLERS,
-        proxy_header=CLIENT_CERTIFICATE_HEADER,
-        proxy_format="pem",
-    )
+    return {
+        **base,
+        "ZT_DEMO_ISSUER": issuer,
+        "ZT_DEMO_JWKS_URL": jwks_url,
+        "ZT_DEMO_DEVICE_ISSUER": device_issuer,
+        "ZT_DEMO_DEVICE_KEYS": json.dumps(device_keys),
+        "ZT_DEMO_GRANT_KEYS": json.dumps(grant_keys),
+    }
 
 
 def build_demo_app(
+    policy_path: Path,
     *,
-    issuer: str,
-    jwks_url: str,
-    device_issuer: str,
-    device_keys: Mapping[str, Any],
+    environ: Mapping[str, str],
     clock: DemoClock,
     sinks: Sequence[Sink],
-    grant_keys: Mapping[str, Any],
-    grant_store: GrantStore,
 ) -> DemoApp:
     """
-    Build the protected app, trusting `TRUSTED_PROXIES` to name the client.
+    Load the policy file and build the protected app around it.
 
-    ``grant_keys`` are the public keys of the grant broker, so the app can verify grants but
-    never mint them. A `MonitorSink` after ``sinks`` runs `build_detectors` on the access
-    events and emits each anomaly through the same emitter, so it reaches ``sinks`` too.
+    The file's own ``[[events.sinks]]`` are checked but not built, so they write nothing
+    into the report. The events go to ``sinks`` instead, then to the file's monitor. Two
+    objects that a file cannot hold are set after loading: the office-hours verifier
+    (``[verifiers.office_hours]``) judges ``clock``, and the grant verifier
+    (``[verifiers.grants]``) provides the store the runner's grant broker writes to.
+
+    Raises:
+        PolicyFileError: if the policy file cannot be read or is invalid.
+        ConfigurationError: if the file does not declare those two verifiers.
     """
-    geo = GeoVerifier(allow_countries=WORKSPACE_COUNTRIES)
-    signals = RiskSignals()
-    monitor = MonitorSink(detectors=build_detectors(), signals=signals)
-    emitter = EventEmitter([*sinks, monitor], flush_interval=0.05)
-    # The emitter takes its sinks at construction, so the monitor learns of it afterwards.
-    monitor.emitter = emitter
-    segments = build_segments(
-        issuer=issuer,
-        jwks_url=jwks_url,
-        device_issuer=device_issuer,
-        device_keys=device_keys,
-        clock=clock,
-        geo=geo,
-        grant_keys=grant_keys,
-        grant_store=grant_store,
-        events=emitter,
-        signals=signals,
-    )
+    loaded = load_policy(policy_path, environ=environ, extra_sinks=sinks, build_sinks=False)
+    try:
+        office_hours = _declared(loaded, OFFICE_HOURS_VERIFIER, TimeWindowVerifier, "time_window")
+        grants = _declared(loaded, GRANT_VERIFIER, GrantVerifier, "grant")
+    except ConfigurationError:
+        loaded.events.close()
+        raise
+    office_hours.clock = clock
+    geo = _geo_verifiers(loaded)
     demo: DemoApp
 
     @contextlib.asynccontextmanager
@@ -268,7 +203,8 @@ def build_demo_app(
         # Loading the geo data takes a few tenths of a second. uvicorn accepts connections only
         # after start-up, so loading here keeps that time off the first request.
         started = perf_counter()
-        await asyncio.to_thread(geo.preload)
+        for verifier in geo:
+            await asyncio.to_thread(verifier.preload)
         demo.geo_load_seconds = perf_counter() - started
         yield
 
@@ -286,12 +222,41 @@ def build_demo_app(
         ],
         lifespan=lifespan,
     )
-    middleware = ZeroTrustMiddleware(
-        app, policy=segments, trusted_proxies=TRUSTED_PROXIES, events=emitter
+    middleware = ZeroTrustMiddleware(app, **loaded.middleware_options())
+    demo = DemoApp(
+        middleware=middleware,
+        policy=loaded,
+        events=loaded.events,
+        clock=clock,
+        grant_store=grants.store,
+        geo=geo,
+        monitor=loaded.monitor,
+        signals=loaded.signals,
     )
-    demo = DemoApp(middleware, emitter, clock, geo, monitor, signals)
 
     return demo
+
+
+def _declared(loaded: LoadedPolicy, name: str, kind: type[_V], type_name: str) -> _V:
+    """Return the verifier declared as ``[verifiers.NAME]``, checking its class."""
+    verifier = loaded.verifiers.get(name)
+    if not isinstance(verifier, kind):
+        message = (
+            f"the demo needs a [verifiers.{name}] table of type {type_name!r} in "
+            f"{loaded.path}: the demo drives that verifier during its run"
+        )
+        raise ConfigurationError(message, parameter=f"verifiers.{name}", value=verifier)
+    return verifier
+
+
+def _geo_verifiers(loaded: LoadedPolicy) -> tuple[GeoVerifier, ...]:
+    """Return every country check in the policy's segments, each once."""
+    found: dict[int, GeoVerifier] = {}
+    for segment in loaded.policy.segments:
+        for verifier in segment.verifiers:
+            if isinstance(verifier, GeoVerifier):
+                found[id(verifier)] = verifier
+    return tuple(found.values())
 
 
 async def _health(_request: Request) -> JSONResponse:

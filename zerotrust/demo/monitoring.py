@@ -77,7 +77,7 @@ def await_detection(
     step: AwaitDetection,
     *,
     after_request: int,
-    monitor: MonitorSink,
+    monitor: MonitorSink | None,
     emitter: EventEmitter,
     timeout: float = DETECTION_TIMEOUT,
 ) -> DetectionOutcome:
@@ -86,8 +86,12 @@ def await_detection(
 
     A flush returns once the sinks have taken every queued event, and the monitor runs the
     detectors inside its ``write``. The step fails when the flush times out or a detector in
-    ``step.detectors`` has not fired.
+    ``step.detectors`` has not fired, and at once when the policy has no monitor.
     """
+    if monitor is None:
+        missing_monitor = "the policy file has no [monitor] table, so no detector runs"
+        return DetectionOutcome(step, after_request, (), 0.0, missing_monitor)
+
     started = perf_counter()
     flushed = emitter.flush(timeout)
     waited = perf_counter() - started

@@ -163,6 +163,13 @@ def print_summary(console: Console, result: DemoResult) -> None:
     loading = f", including {load:.2f} s to load the geo data" if load is not None else ""
     console.print(f"\n[bold]Wall time:[/] {result.wall_seconds:.2f} s{loading}")
 
+    if result.policy_path is not None:
+        console.print(
+            f"\n[bold]Policy file:[/] {escape(str(result.policy_path))}, "
+            f"SHA-256 {result.policy_sha256}",
+            soft_wrap=True,
+        )
+
     expected_events = len(result.outcomes)
     count_style = "green" if len(result.events) == expected_events else "red"
     console.print(

@@ -13,10 +13,10 @@ from time import perf_counter
 from typing import Any, Literal
 
 from ..events import JsonLinesSink, MemorySink
-from ..grants import GrantBroker, MemoryGrantStore, generate_signing_key
+from ..grants import GrantBroker, generate_signing_key
 from ..grants.keys import public_jwk
 from ..testing import TokenIssuer
-from .app import GRANT_ISSUER, DemoClock, build_demo_app
+from .app import GRANT_ISSUER, DemoClock, build_demo_app, default_policy_path, policy_environ
 from .client import send_raw_request
 from .grants import (
     GRANT_EVENT_KINDS,
@@ -63,11 +63,13 @@ class DemoOptions:
         events_path: The JSON lines file that access events are appended to.
         host: The loopback address both servers listen on.
         port: The app's port; 0 picks a free one. The issuer always uses a free port.
+        policy_path: The policy file of the app; `default_policy_path` when ``None``.
     """
 
     events_path: Path
     host: str = "127.0.0.1"
     port: int = 0
+    policy_path: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,8 @@ class DemoResult:
         app_url: Where the sample app was served.
         wall_seconds: How long the run took, from generating keys to checking the events file.
         geo_load_seconds: How long the app took to load the geo data at start-up.
+        policy_path: The policy file the app was built from.
+        policy_sha256: The SHA-256 of that file's bytes, as hex.
     """
 
     outcomes: list[Outcome]
@@ -176,6 +180,8 @@ class DemoResult:
     app_url: str = ""
     wall_seconds: float = 0.0
     geo_load_seconds: float | None = None
+    policy_path: Path | None = None
+    policy_sha256: str = ""
 
     @property
     def all_matched(self) -> bool:
@@ -217,6 +223,7 @@ def run_demo(
 
     Raises:
         ServerStartError: if a server does not start.
+        ConfigurationError: if the policy file is invalid or lacks a verifier the demo drives.
     """
     started = perf_counter()
     start_offset = _file_size(options.events_path)
@@ -226,7 +233,6 @@ def run_demo(
     issuer = TokenIssuer(algorithms=("RS256", "ES256"))
     device_agent = TokenIssuer(issuer=_DEVICE_AGENT_ISSUER, algorithms=("ES256",))
     grant_key = generate_signing_key()
-    grant_store = MemoryGrantStore()
     workloads = generate_workloads()
     script = build_script(issuer, device_agent, workloads)
     request_count = len(scripted_requests(script))
@@ -235,20 +241,27 @@ def run_demo(
 
     progress("Starting the token issuer and its JWKS endpoint")
     with serve_in_thread(issuer.jwks_app(), name="issuer", host=options.host) as issuer_app:
-        demo = build_demo_app(
+        environ = policy_environ(
             issuer=issuer.issuer,
             jwks_url=f"{issuer_app.url}/.well-known/jwks.json",
             device_issuer=device_agent.issuer,
             device_keys=device_agent.jwks(),
+            grant_keys={"keys": [public_jwk(grant_key)]},
+            base=os.environ,
+        )
+        policy_path = options.policy_path or default_policy_path()
+        progress(f"Loading the policy file {policy_path}")
+        demo = build_demo_app(
+            policy_path,
+            environ=environ,
             clock=clock,
             sinks=[events_sink, memory],
-            grant_keys={"keys": [public_jwk(grant_key)]},
-            grant_store=grant_store,
         )
         # Grant events go through the app's emitter, so they land in the same events file.
+        # The broker records in the app's grant store, so a revocation reaches the app at once.
         broker = GrantBroker(
             signing_key=grant_key,
-            store=grant_store,
+            store=demo.grant_store,
             issuer=GRANT_ISSUER,
             events=demo.events,
             require_approval=True,
@@ -289,6 +302,8 @@ def run_demo(
     result = DemoResult(outcomes, secrets, options.events_path, steps, detections)
     result.app_url = served.url
     result.geo_load_seconds = demo.geo_load_seconds
+    result.policy_path = demo.policy.path
+    result.policy_sha256 = demo.policy.sha256
 
     progress("Checking the events file")
     _check_events_file(result, start_offset)

@@ -249,7 +249,7 @@ def _workspace_probes(issuer: TokenIssuer, device_agent: TokenIssuer) -> list[Pr
     alice = issuer.token("alice", scopes=["workspace:read"], alg="ES256")
     managed = _device_assertion(device_agent, "mac-0042", "alice", now=now)
     unmanaged = _device_assertion(device_agent, "mac-0042", "alice", now=now, managed=False)
-    # Collected two days ago, so older than the MAX_POSTURE_AGE of one hour.
+    # Collected two days ago, so older than the policy's max_posture_age of one hour.
     stale = _device_assertion(
         device_agent, "mac-0042", "alice", now=now, checked_at=now - 2 * 86400
     )
