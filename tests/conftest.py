@@ -23,7 +23,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 @pytest.fixture(name="issuer", scope="session")
 def fixture_issuer() -> TokenIssuer:
     """A token issuer with RS256, ES256 and EdDSA keys, shared by the session."""
-    return TokenIssuer(algorithms=("RS256", "ES256", "EdDSA"))
+    # Fixed key ids, so tests can name them; real issuers get random ones.
+    return TokenIssuer(algorithms=("RS256", "ES256", "EdDSA"), kid_suffix="1")
 
 
 @pytest.fixture(name="jwks_url", scope="session")

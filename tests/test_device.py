@@ -558,7 +558,7 @@ class TestAssertion:
 
     async def test_wrong_signature(self, issuer: TokenIssuer, evaluate: Evaluate) -> None:
         """An assertion signed by another key with the issuer's kid is rejected."""
-        impostor = TokenIssuer(issuer.issuer, algorithms=("ES256",))
+        impostor = TokenIssuer(issuer.issuer, algorithms=("ES256",), kid_suffix=issuer.kid_suffix)
         token = assertion(impostor)
 
         verdict = await evaluate(make_verifier(issuer), make_request(token))

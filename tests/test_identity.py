@@ -419,7 +419,9 @@ REJECTED_TOKENS = [
         id="tampered-signature-eddsa",
     ),
     pytest.param(
-        lambda i: foreign_issuer().token(), "invalid_signature", id="foreign-key-same-kid"
+        lambda i: foreign_issuer().token(kid=i.kid("RS256")),
+        "invalid_signature",
+        id="foreign-key-same-kid",
     ),
     # Time
     pytest.param(lambda i: i.token(lifetime=-100), "token_expired", id="expired"),

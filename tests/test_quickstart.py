@@ -160,7 +160,9 @@ class Case:
 def cases(issuer: TokenIssuer) -> list[Case]:
     reader = issuer.token("alice", audience=AUDIENCE, scopes=["orders:read"])
     writer = issuer.token("alice", audience=AUDIENCE, scopes=["orders:read", "orders:write"])
-    stranger = TokenIssuer(issuer=issuer.issuer, algorithms=("RS256",))
+    stranger = TokenIssuer(
+        issuer=issuer.issuer, algorithms=("RS256",), kid_suffix=issuer.kid_suffix
+    )
     return [
         # The public segment needs no token.
         Case("GET", "/healthz", None, 200, None),

@@ -140,11 +140,19 @@ class TokenIssuer:
 
     Args:
         issuer: The ``iss`` claim of minted tokens.
-        algorithms: Algorithms to create a key for; each key's ``kid`` is ``<alg>-1``.
+        algorithms: Algorithms to create a key for; each key's ``kid`` is the algorithm and a
+            random suffix, such as ``RS256-5f3a9c1e``, so a restarted issuer's keys are new key
+            ids that a running app fetches at once instead of trusting its cached key set.
+        kid_suffix: The suffix of every key id; random by default. Give another issuer's
+            `kid_suffix` to mint tokens that claim its key ids with different keys.
     """
 
     def __init__(
-        self, issuer: str = "https://issuer.test", algorithms: Any = ("RS256", "ES256")
+        self,
+        issuer: str = "https://issuer.test",
+        algorithms: Any = ("RS256", "ES256"),
+        *,
+        kid_suffix: str | None = None,
     ) -> None:
         from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -165,9 +173,11 @@ class TokenIssuer:
                 message = f"TokenIssuer cannot create a key for {alg!r}"
                 raise ValueError(message)
         self.cache_control = "max-age=300"
+        self.kid_suffix = kid_suffix if kid_suffix is not None else os.urandom(4).hex()
 
     def kid(self, alg: str) -> str:
-        return f"{alg}-1"
+        """Return the key id of the key for ``alg``."""
+        return f"{alg}-{self.kid_suffix}"
 
     def jwks(self) -> dict[str, Any]:
         """Return the public keys as a JWKS dict."""
