@@ -99,8 +99,8 @@ class TestCheck:
 
         assert 0 == status
         assert "middleware.trusted_proxies" in output
-        assert "segments[0]: segment 'admin' is in monitor mode" in output
-        assert "verifiers.identity: JWT leeway of 120 s" in output
+        assert "policy.toml:16: segments[0].mode: segment 'admin' is in monitor mode" in output
+        assert "verifiers.identity.leeway: JWT leeway of 120 s" in output
         assert "HMAC secret has 40 bytes, less than the 64 bytes of the HS512" in output
         assert "public segment 'admin-health' overlaps protected segment 'admin'" in output
         assert "segment 'partners' has no identity verifier" in output
@@ -159,3 +159,56 @@ class TestCheck:
         assert "/reports" in output
         assert "no segment matches /reports" in output
         assert "routes outside every segment" in output
+
+    @pytest.mark.parametrize(
+        ("middleware", "status"), [('[middleware]\npublic_routes = ["/healthz"]\n', 0), ("", 1)]
+    )
+    def test_public_routes_pass_strict(
+        self,
+        middleware: str,
+        status: int,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """--strict --app passes when [middleware] public_routes lists the public health route."""
+        module = f"public_routes_app_{status}"
+        (tmp_path / f"{module}.py").write_text(
+            textwrap.dedent(
+                """
+                from starlette.applications import Starlette
+                from starlette.responses import PlainTextResponse
+                from starlette.routing import Route
+
+                async def ok(request):
+                    return PlainTextResponse("ok")
+
+                app = Starlette(routes=[Route("/healthz", ok), Route("/api/orders", ok)])
+                """
+            )
+        )
+        path = tmp_path / "policy.toml"
+        path.write_text(
+            middleware
+            + '[[segments]]\nname = "health"\npaths = ["/healthz"]\npublic = true\n'
+            + '[[segments]]\nname = "api"\npaths = ["/api/"]\n'
+            + 'verifiers = [{ type = "jwt", issuer = "https://login.example.com/", '
+            + 'audience = "api", algorithms = ["RS256"], '
+            + 'jwks_url = "https://login.example.com/jwks" }]\n'
+        )
+        monkeypatch.syspath_prepend(str(tmp_path))
+
+        result = main(["check", str(path), "--strict", "--app", f"{module}:app"])
+        output = capsys.readouterr().out
+
+        assert status == result
+        assert ("not listed in public_routes" in output) == bool(status)
+        assert ("valid, 2 segments, 0 warnings" in output) == (not status)
+
+    def test_one_segment_singular(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """The summary counts one segment in the singular."""
+        path = tmp_path / "policy.toml"
+        path.write_text('[[segments]]\nname = "health"\npaths = ["/healthz"]\npublic = true\n')
+
+        assert 0 == main(["check", str(path)])
+        assert "valid, 1 segment, 0 warnings" in capsys.readouterr().out

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,7 +117,7 @@ class TestExplain:
         assert ["api-admin", "api"] == matching
         assert "more specific than the rules of api" in trace["segment"]["why"]
         outcomes = {v["verifier"]: (v["outcome"], v["reason"]) for v in trace["verdicts"]}
-        assert ("pass", None) == outcomes["jwt"]
+        assert ("pass", None) == outcomes["identity"]
         assert ("fail", "network_not_allowed") == outcomes["network"]
         assert ["admin"] == trace["requirements"]["roles_any_of"]
         assert "alice" == trace["requirements"]["principal"]["subject"]
@@ -207,3 +209,20 @@ class TestExplain:
 
         assert "visible to other users in the process list" in output
         assert "--token-file" in output
+
+    def test_key_server_error_printed_once(self, tmp_path: Path, issuer: TokenIssuer) -> None:
+        """With the key server down, the command prints the fetch error once, not a log line too."""
+        url = f"http://127.0.0.1:{closed_port()}/jwks.json"
+        policy = write_policy(tmp_path, issuer, url)
+
+        completed = subprocess.run(  # noqa: S603 -- the interpreter running this test
+            [sys.executable, "-m", "zerotrust.cli", "explain", str(policy), "--path", "/api/x"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+        assert 1 == completed.returncode
+        assert 1 == completed.stderr.count(url), completed.stderr
+        assert "zerotrust explain: error: fetching the JWKS" in completed.stderr

@@ -5,12 +5,14 @@ import argparse
 import json
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+from redis_helpers import REDIS_URL, delete_namespace, free_port, new_namespace, redis_or_skip
 
 from zerotrust.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 from zerotrust.grants import cli as grant_cli
@@ -78,7 +80,13 @@ class FakeClock:
 
 
 def _clear_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in (grant_cli.KEY_VARIABLE, grant_cli.STORE_VARIABLE, grant_cli.EVENTS_VARIABLE):
+    for variable in (
+        grant_cli.KEY_VARIABLE,
+        grant_cli.STORE_VARIABLE,
+        grant_cli.EVENTS_VARIABLE,
+        grant_cli.NAMESPACE_VARIABLE,
+        grant_cli.PASSWORD_VARIABLE,
+    ):
         monkeypatch.delenv(variable, raising=False)
 
 
@@ -846,3 +854,118 @@ class TestOnCallAndApproval:
 
         assert EXIT_OK != result.status
         assert "another person must approve it" in result.err
+
+
+@pytest.fixture(name="redis_namespace")
+def fixture_redis_namespace() -> Iterator[str]:
+    """A fresh namespace on the Redis at 127.0.0.1:6379, whose keys are deleted afterwards."""
+    redis_or_skip()
+    namespace = new_namespace()
+    yield namespace
+    delete_namespace(namespace)
+
+
+class TestRedisStore:
+    def test_grant_list_revoke(
+        self, setup: Setup, redis_namespace: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """--store with a redis:// URL and --namespace mint, list and revoke in that namespace."""
+        store = ["--store", REDIS_URL, "--namespace", redis_namespace]
+        minted = setup.run(capsys, *GRANT_ARGS, "--token-only", *store)
+        assert EXIT_OK == minted.status, minted.err
+        listed = setup.run(capsys, "grants", "--json", *store)
+        grant_id = json.loads(listed.out)[0]["grant_id"]
+
+        revoked = setup.run(capsys, "revoke", grant_id, "--revoked-by", "dave", *store)
+        records = json.loads(setup.run(capsys, "grants", "--all", "--json", *store).out)
+
+        assert EXIT_OK == revoked.status, revoked.err
+        assert not setup.store.exists()
+        assert [("revoked", "dave")] == [(r["status"], r["revoked_by"]) for r in records]
+        assert delete_namespace(redis_namespace), "the grant was not written to the namespace"
+
+    def test_revocation_seen_by_app_store(
+        self, setup: Setup, redis_namespace: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A grant revoked from the command line is revoked in the app's StateGrantStore."""
+        from zerotrust.grants.store import StateGrantStore
+        from zerotrust.state import RedisStateStore
+
+        store = ["--store", REDIS_URL, "--namespace", redis_namespace]
+        setup.run(capsys, *GRANT_ARGS, "--token-only", *store)
+        grant_id = json.loads(setup.run(capsys, "grants", "--json", *store).out)[0]["grant_id"]
+        setup.run(capsys, "revoke", grant_id, "--revoked-by", "dave", *store)
+        state = RedisStateStore(REDIS_URL, namespace=redis_namespace)
+        try:
+            grant = StateGrantStore(state).get(grant_id)
+        finally:
+            state.close()
+
+        assert grant is not None
+        assert "dave" == grant.revoked_by
+
+    def test_namespace_from_environment(
+        self,
+        setup: Setup,
+        redis_namespace: str,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """The store URL and namespace can both come from environment variables."""
+        monkeypatch.setenv(grant_cli.STORE_VARIABLE, REDIS_URL)
+        monkeypatch.setenv(grant_cli.NAMESPACE_VARIABLE, redis_namespace)
+
+        minted = setup.run(capsys, *GRANT_ARGS, "--token-only")
+        listed = setup.run(capsys, "grants", "--json")
+
+        assert EXIT_OK == minted.status, minted.err
+        assert 1 == len(json.loads(listed.out))
+
+    def test_namespace_required(self, setup: Setup, capsys: pytest.CaptureFixture[str]) -> None:
+        """A Redis store without a namespace fails and names the option and variable."""
+        result = setup.run(capsys, "grants", "--store", REDIS_URL)
+
+        assert EXIT_FAILURE == result.status
+        assert "needs --namespace NAME or $ZEROTRUST_GRANT_NAMESPACE" in result.err
+
+    def test_password_never_printed(
+        self, setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Errors about a Redis store show its URL with the password hidden."""
+        url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
+        monkeypatch.setenv(grant_cli.STORE_VARIABLE, url)
+
+        result = setup.run(capsys, "grants", "--namespace", "orders-api")
+
+        assert EXIT_FAILURE == result.status
+        assert f"redis://:***@127.0.0.1:{url.rsplit(':', 1)[1]}" in result.err
+        assert "hunter2" not in result.err + result.out
+
+    def test_password_on_command_line_warns(
+        self, setup: Setup, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A password in --store, where the process list shows it, gets a warning."""
+        url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
+
+        result = setup.run(capsys, "grants", "--store", url, "--namespace", "orders-api")
+
+        assert "other users can see in the process list" in result.err
+        assert "hunter2" not in result.err + result.out
+
+    def test_password_variable_added(
+        self, setup: Setup, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The password variable is added to the URL, and a second password is rejected."""
+        monkeypatch.setenv(grant_cli.PASSWORD_VARIABLE, "hunter2-secret")
+        port = free_port()
+
+        unreachable = setup.run(
+            capsys, "grants", "--store", f"redis://127.0.0.1:{port}/0", "--namespace", "a"
+        )
+        twice = setup.run(
+            capsys, "grants", "--store", f"redis://:other@127.0.0.1:{port}/0", "--namespace", "a"
+        )
+
+        assert f"redis://:***@127.0.0.1:{port}/0" in unreachable.err
+        assert "give the password once" in twice.err
+        assert "hunter2" not in unreachable.err + twice.err

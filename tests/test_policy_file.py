@@ -31,6 +31,7 @@ from zerotrust import (
 )
 from zerotrust.config import LoadedPolicy, PolicyFileError, load_policy
 from zerotrust.events import EventEmitter, JsonLinesSink
+from zerotrust.exceptions import ConfigurationError
 from zerotrust.testing import TokenIssuer
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "policy.toml"
@@ -305,7 +306,7 @@ class TestLoadPolicy:
         """
         )
         loaded = load_text(tmp_path, text, environ={"ZT_TEST_HMAC": "k" * 40}, build_sinks=False)
-        assert "jwt" == loaded.verifiers["hmac"].name
+        assert "hmac" == loaded.verifiers["hmac"].name
 
     def test_custom_verifier_by_import_path(self, tmp_path: Path) -> None:
         """A verifier class named by import path gets the table's keyword options."""
@@ -322,9 +323,11 @@ class TestLoadPolicy:
         assert "fixed" == verifier.name
 
     def test_monitor_warning_has_key_path(self, tmp_path: Path) -> None:
-        """A constructor's warning is emitted again with the file, line and key path."""
+        """A constructor's warning is emitted again with the line and key path of its setting."""
         text = MINIMAL_SEGMENT.replace("public = true", 'public = true\nmode = "monitor"')
-        with pytest.warns(InsecureConfigurationWarning, match=r"policy.toml:2: segments\[0\]"):
+        line = text.splitlines().index('mode = "monitor"') + 1
+        pattern = rf"policy.toml:{line}: segments\[0\]\.mode: segment 'health' is in monitor"
+        with pytest.warns(InsecureConfigurationWarning, match=pattern):
             load_text(tmp_path, text, build_sinks=False)
 
 
@@ -657,3 +660,466 @@ class TestProperties:
         except PolicyFileError as error:
             problems = error.problems
         assert problems
+
+
+# Shared state ---------------------------------------------------------------------------------
+
+DEPLOYMENT_DOC = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"
+
+MEMORY_STATE = """
+[state]
+type = "memory"
+
+[monitor]
+detectors = ["denied_burst"]
+
+[verifiers.grants]
+type = "grant"
+keys = { file = "grant-jwks.json" }
+store = { type = "state", retention = 600 }
+single_use = true
+
+[verifiers.risk]
+type = "risk"
+
+[[segments]]
+name = "ops"
+paths = ["/ops/"]
+verifiers = [{ type = "network", allow = ["127.0.0.0/8"] }, "grants", "risk"]
+"""
+
+
+def deployment_policy() -> str:
+    """Return the complete policy file of docs/deployment.md."""
+    text = DEPLOYMENT_DOC.read_text()
+    section = text.split("### As a policy file", 1)[1]
+    return section.split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+async def ok_app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+class TestStateTable:
+    def test_memory_state_shared(self, tmp_path: Path) -> None:
+        """With [state], the monitor, signals, grant store and single-use marks share its store."""
+        (tmp_path / "grant-jwks.json").write_text(json.dumps(TokenIssuer().jwks()))
+
+        loaded = load_text(tmp_path, MEMORY_STATE, build_sinks=False)
+        grants = loaded.verifiers["grants"]
+
+        assert loaded.state is not None
+        assert "MemoryStateStore" == type(loaded.state).__name__
+        assert loaded.state is loaded.monitor.store if loaded.monitor else False
+        assert loaded.state is loaded.signals.store
+        assert loaded.state is grants.store.state
+        assert 600 == grants.store.retention
+        assert loaded.state is grants.single_use
+
+    def test_no_state_table(self, tmp_path: Path) -> None:
+        """Without [state] the monitor and signals keep their own state, as before."""
+        loaded = load_text(tmp_path, MINIMAL_SEGMENT + "\n[monitor]\n", build_sinks=False)
+
+        assert loaded.state is None
+        assert loaded.monitor is not None
+        assert loaded.monitor.store is None
+        assert "MemoryStateStore" == type(loaded.signals.store).__name__
+
+    def test_state_needed(self, tmp_path: Path) -> None:
+        """A part that keeps its state in [state] is an error in a file without one."""
+        (tmp_path / "grant-jwks.json").write_text(json.dumps(TokenIssuer().jwks()))
+        text = MEMORY_STATE.replace('[state]\ntype = "memory"\n', "")
+
+        problems = text_problems(tmp_path, text, build_sinks=False)
+
+        assert 2 == len(problems)
+        for key in ("verifiers.grants.store", "verifiers.grants.single_use"):
+            [problem] = [problem for problem in problems if f": {key}: " in problem]
+            assert "the file has no [state] table: add one" in problem
+
+    def test_store_key_under_monitor(self, tmp_path: Path) -> None:
+        """A store written under [monitor] gets a message that names the [state] table."""
+        text = MINIMAL_SEGMENT + '\n[monitor]\nstore = { type = "redis" }\n'
+
+        [problem] = text_problems(tmp_path, text, build_sinks=False)
+
+        assert problem.endswith(
+            "policy.toml:8: monitor.store: store cannot be set in this table: it is the store "
+            "of the [state] table, when the file has one"
+        )
+
+    def test_inline_password_rejected(self, tmp_path: Path) -> None:
+        """A Redis URL with a password written inline is an error that does not repeat it."""
+        text = MINIMAL_SEGMENT + '[state]\ntype = "redis"\nurl = "redis://:hunter2@redis:6379/0"\n'
+
+        [problem] = text_problems(tmp_path, text, build_sinks=False)
+
+        assert "state.url: url contains a password, which must not be written" in problem
+        assert "hunter2" not in problem
+
+    def test_password_from_environment(self, tmp_path: Path) -> None:
+        """A password given on its own is read as a secret and added to the URL."""
+        text = MINIMAL_SEGMENT + (
+            '[state]\ntype = "redis"\nurl = "redis://127.0.0.1:6379/0"\n'
+            'namespace = "orders-api"\npassword = { env = "ZT_TEST_REDIS_PASSWORD" }\n'
+        )
+
+        loaded = load_text(
+            tmp_path, text, environ={"ZT_TEST_REDIS_PASSWORD": "p@ss word"}, build_sinks=False
+        )
+
+        assert loaded.state is not None
+        assert "redis://:p%40ss%20word@127.0.0.1:6379/0" == loaded.state.url
+        loaded.state.close()
+
+    def test_password_inline_rejected(self, tmp_path: Path) -> None:
+        """password must be a reference, and may not come on top of a URL that has one."""
+        inline = MINIMAL_SEGMENT + (
+            '[state]\ntype = "redis"\nurl = "redis://127.0.0.1:6379/0"\npassword = "hunter2"\n'
+        )
+        twice = MINIMAL_SEGMENT + (
+            '[state]\ntype = "redis"\nurl = { env = "ZT_TEST_REDIS_URL" }\n'
+            'password = { env = "ZT_TEST_REDIS_PASSWORD" }\n'
+        )
+        environ = {
+            "ZT_TEST_REDIS_URL": "redis://:one@127.0.0.1:6379/0",
+            "ZT_TEST_REDIS_PASSWORD": "two",
+        }
+
+        [inline_problem] = text_problems(tmp_path, inline, build_sinks=False)
+        [twice_problem] = text_problems(tmp_path, twice, environ=environ, build_sinks=False)
+
+        assert "state.password: password is a secret and must not be written" in inline_problem
+        assert "the url has a password and password is set too" in twice_problem
+
+    def test_referenced_url_hidden(self, tmp_path: Path) -> None:
+        """A wrong URL from a reference is shown with its password hidden."""
+        text = MINIMAL_SEGMENT + '[state]\ntype = "redis"\nurl = { env = "ZT_TEST_REDIS_URL" }\n'
+        environ = {"ZT_TEST_REDIS_URL": "http://admin:hunter2@redis:6379/0"}
+
+        [problem] = text_problems(tmp_path, text, environ=environ, build_sinks=False)
+
+        assert "not 'http://admin:***@redis:6379/0'" in problem
+        assert "hunter2" not in problem
+
+    async def test_deployment_file_two_workers(
+        self, tmp_path: Path, issuer: TokenIssuer, jwks_url: str
+    ) -> None:
+        """The file of docs/deployment.md shares signals, devices and grants across workers."""
+        from redis_helpers import REDIS_URL, delete_namespace, new_namespace, redis_or_skip
+
+        from zerotrust.cli import main
+        from zerotrust.devices import DeviceRecord
+        from zerotrust.grants import GrantBroker, generate_signing_key
+        from zerotrust.monitor import RiskSignal
+
+        redis_or_skip()
+        namespace = new_namespace()
+        text = deployment_policy()
+        assert 'namespace = "orders-api"' in text
+        path = tmp_path / "policy.toml"
+        path.write_text(text.replace('namespace = "orders-api"', f'namespace = "{namespace}"'))
+        device_issuer = TokenIssuer(issuer="https://mdm.example.com/", algorithms=("ES256",))
+        (tmp_path / "mdm-jwks.json").write_text(json.dumps(device_issuer.jwks()))
+        signing_key = generate_signing_key()
+        environ = {"REDIS_URL": REDIS_URL, "ISSUER": issuer.issuer, "JWKS_URL": jwks_url}
+        broker_store = _grant_store(REDIS_URL, namespace)
+        workers: list[LoadedPolicy] = []
+        try:
+            broker = GrantBroker(signing_key=signing_key, store=broker_store)
+            (tmp_path / "grant-jwks.json").write_text(json.dumps(broker.public_jwks()))
+            sink = MemorySink()
+            workers = [
+                load_policy(path, environ=environ, build_sinks=False, extra_sinks=[sink])
+                for _ in range(2)
+            ]
+            first, second = workers
+            for worker in workers:
+                assert worker.state is not None
+                assert worker.monitor is not None
+                assert worker.state is worker.monitor.store
+                assert worker.state is worker.signals.store
+                assert worker.state is worker.verifiers["grants"].store.state
+                assert worker.state is worker.verifiers["device"].registry.state
+                assert "identity" == worker.verifiers["identity"].name
+
+            first.verifiers["device"].registry.put(DeviceRecord("pc-1", owner="alice"))
+            reader = issuer.token(audience="orders-api", scopes=["orders:read"])
+            orders = {
+                "authorization": f"Bearer {reader}",
+                "x-device-assertion": device_issuer.token(
+                    "pc-1", audience="orders-api", alg="ES256", user="alice"
+                ),
+            }
+            issued = broker.mint(
+                subject="alice",
+                segment="admin",
+                methods=["GET"],
+                paths=["/admin/"],
+                reason="maintenance",
+                requested_by="carol",
+                duration=600,
+            )
+            admin = {
+                "authorization": f"Bearer {issuer.token(audience='orders-api')}",
+                "x-zerotrust-grant": issued.token,
+            }
+
+            async with _client(second) as client:
+                device_known = await client.get("/api/orders/1", headers=orders)
+                granted = await client.get("/admin/users", headers=admin)
+
+            first.signals.raise_signal(
+                RiskSignal(
+                    kind="client_ip",
+                    key="127.0.0.1",
+                    detector="denied_burst",
+                    reason="denied_burst",
+                    raised_at=time.time(),
+                    expires_at=time.time() + 60,
+                )
+            )
+            status = main(
+                [
+                    "revoke",
+                    issued.grant.grant_id,
+                    "--store",
+                    REDIS_URL,
+                    "--namespace",
+                    namespace,
+                    "--revoked-by",
+                    "dave",
+                ]
+            )
+            async with _client(second) as client:
+                flagged = await client.get("/api/orders/1", headers=orders)
+                revoked = await client.get("/admin/users", headers=admin)
+            second.events.flush()
+            reasons = [event["reasons"] for event in sink.events if event.get("event") == "access"]
+        finally:
+            broker_store.state.close()
+            for worker in workers:
+                # The monitor writes detector windows from the writer thread until it stops.
+                worker.events.close()
+                if worker.state is not None:
+                    await worker.state.aclose()  # type: ignore[attr-defined]
+                    worker.state.close()
+            delete_namespace(namespace)
+
+        assert 200 == device_known.status_code
+        assert 200 == granted.status_code
+        assert 0 == status
+        assert 403 == flagged.status_code
+        assert 403 == revoked.status_code
+        assert 4 == len(reasons)
+        assert ["risk_flagged_client_ip"] == reasons[2]
+        assert "grant_revoked" in reasons[3]
+
+
+def _grant_store(url: str, namespace: str) -> Any:
+    from zerotrust.grants.store import StateGrantStore
+    from zerotrust.state import RedisStateStore
+
+    return StateGrantStore(RedisStateStore(url, namespace=namespace))
+
+
+def _client(loaded: LoadedPolicy) -> httpx.AsyncClient:
+    middleware = ZeroTrustMiddleware(ok_app, **loaded.middleware_options())
+    transport = httpx.ASGITransport(app=middleware)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+class TestMessages:
+    def test_failed_verifier_only_real_error(self, tmp_path: Path) -> None:
+        """A segment naming a verifier that failed to build reports that verifier's problem only."""
+        text = """
+            [verifiers.identity]
+            type = "jwt"
+            issuer = "https://login.example.com/"
+            audience = "api"
+            jwks_url = "https://login.example.com/jwks"
+
+            [[segments]]
+            name = "api"
+            paths = ["/api/"]
+            verifiers = ["identity"]
+        """
+
+        problems = text_problems(tmp_path, text, build_sinks=False)
+
+        assert 1 == len(problems)
+        assert "verifiers.identity: missing required key 'algorithms'" in problems[0]
+
+    def test_misspelt_segments_has_line(self, tmp_path: Path) -> None:
+        """A [[segment]] typo names the line of its first table."""
+        text = (
+            '[[segments]]\nname = "a"\npaths = ["/a"]\npublic = true\n\n[[segment]]\nname = "b"\n'
+        )
+
+        [problem] = text_problems(tmp_path, text, build_sinks=False)
+
+        assert problem.endswith(
+            "policy.toml:6: segment: unknown key 'segment'; did you mean 'segments'?"
+        )
+
+    @pytest.mark.parametrize(
+        ("kind", "expected"),
+        [
+            ("redis", "unknown type 'redis': use one of memory, sqlite, state, or a"),
+            ("memroy", "unknown type 'memroy'; did you mean 'memory'? Valid types are memory,"),
+        ],
+    )
+    def test_unknown_type_sentence(self, tmp_path: Path, kind: str, expected: str) -> None:
+        """An unknown type is one readable sentence, with or without a suggestion."""
+        (tmp_path / "grant-jwks.json").write_text(json.dumps(TokenIssuer().jwks()))
+        text = MINIMAL_SEGMENT + (
+            f'[verifiers.grants]\ntype = "grant"\nkeys = {{ file = "grant-jwks.json" }}\n'
+            f'store = {{ type = "{kind}" }}\n'
+        )
+
+        [problem] = [p for p in text_problems(tmp_path, text, build_sinks=False) if "type" in p]
+
+        assert expected in problem
+
+    def test_python_object_option(self, tmp_path: Path) -> None:
+        """An option that takes a Python object gets a plain message, not a garbled type list."""
+        (tmp_path / "custom_verifier_module.py").write_text(
+            textwrap.dedent(
+                """
+                import httpx
+
+                from zerotrust.verifiers import Verifier
+
+                class ClientVerifier(Verifier):
+                    def __init__(self, client: httpx.AsyncClient | None = None, **options):
+                        super().__init__(**options)
+                """
+            )
+        )
+        text = MINIMAL_SEGMENT + (
+            '[verifiers.custom]\ntype = "custom_verifier_module:ClientVerifier"\n'
+            'client = { base_url = "http://127.0.0.1:9" }\n'
+        )
+        import sys
+
+        sys.path.insert(0, str(tmp_path))
+        try:
+            [problem] = [
+                p for p in text_problems(tmp_path, text, build_sinks=False) if "client" in p
+            ]
+        finally:
+            sys.path.remove(str(tmp_path))
+            sys.modules.pop("custom_verifier_module", None)
+
+        assert "client takes a Python object, which a policy file cannot express" in problem
+        assert "nothing" not in problem
+
+
+class TestSegmentScopes:
+    @pytest.mark.parametrize(
+        ("scopes", "expected"),
+        [
+            (
+                '{ GET = "api:read api:list" }',
+                "scopes.GET must be an array of scope names, not 'api:read api:list': "
+                'write ["api:read", "api:list"]',
+            ),
+            ('{ GET = "api:read" }', 'write ["api:read"]'),
+            ("{ GET = 3 }", "scopes.GET must be an array of scope names, not 3"),
+            ('"api:read"', "scopes must be an array of scope names or a table"),
+        ],
+    )
+    def test_non_array_rejected(self, tmp_path: Path, scopes: str, expected: str) -> None:
+        """A scope value that is not an array is an error that shows the array to write."""
+        text = (
+            '[[segments]]\nname = "api"\npaths = ["/api/"]\n'
+            'verifiers = [{ type = "network", allow = ["10.0.0.0/8"] }]\n'
+            f"scopes = {scopes}\n"
+        )
+
+        [problem] = text_problems(tmp_path, text, build_sinks=False)
+
+        assert "policy.toml:5: segments[0].scopes" in problem
+        assert expected in problem
+
+    def test_whitespace_in_scope(self, tmp_path: Path) -> None:
+        """A scope name with a space inside an array is rejected: no token can hold it."""
+        text = (
+            '[[segments]]\nname = "api"\npaths = ["/api/"]\n'
+            'verifiers = [{ type = "network", allow = ["10.0.0.0/8"] }]\n'
+            'scopes = { GET = ["api:read api:list"] }\n'
+        )
+
+        [problem] = text_problems(tmp_path, text, build_sinks=False)
+
+        assert "scope 'api:read api:list' contains whitespace, so no token can hold it" in problem
+
+    def test_python_whitespace_in_scope(self) -> None:
+        """The Python API rejects the same scope, in the list and the per-method forms."""
+        office = NetworkVerifier(allow=["10.0.0.0/8"])
+        for scopes in ("a b", ["a b"], {"GET": "a b"}):
+            with pytest.raises(ConfigurationError, match="contains whitespace"):
+                Segment("api", paths=["/api/"], verifiers=[office], scopes=scopes)
+
+
+class TestVerifierNames:
+    def test_table_key_is_name(self, tmp_path: Path, issuer: TokenIssuer) -> None:
+        """A [verifiers.NAME] table without name is named NAME in the engine and events."""
+        loaded = load_policy(write_policy(tmp_path, issuer), build_sinks=False)
+
+        assert "identity" == loaded.verifiers["identity"].name
+        assert "office" == loaded.verifiers["office"].name
+
+    def test_name_key_wins(self, tmp_path: Path, issuer: TokenIssuer) -> None:
+        """name set in the table overrides the table key."""
+        text = POLICY.replace('type = "network"', 'type = "network"\nname = "office-network"')
+
+        loaded = load_policy(write_policy(tmp_path, issuer, text), build_sinks=False)
+
+        assert "office-network" == loaded.verifiers["office"].name
+
+    async def test_event_names_table_key(self, tmp_path: Path, issuer: TokenIssuer) -> None:
+        """Access events list each verifier by the key of its table."""
+        sink = MemorySink()
+        loaded = load_policy(write_policy(tmp_path, issuer), build_sinks=False, extra_sinks=[sink])
+        token = issuer.token(audience="api", roles=["admin"])
+
+        async with _client(loaded) as client:
+            await client.get("/admin/x", headers={"authorization": f"Bearer {token}"})
+        loaded.events.flush()
+
+        [event] = [event for event in sink.events if event.get("event") == "access"]
+        assert ["identity", "office"] == [record["name"] for record in event["verifiers"]]
+
+
+class TestPublicRoutes:
+    def test_loaded(self, tmp_path: Path) -> None:
+        """public_routes under [middleware] is loaded as a tuple of path rules."""
+        text = '[middleware]\npublic_routes = ["/healthz", "/docs/"]\n' + MINIMAL_SEGMENT
+
+        loaded = load_text(tmp_path, text, build_sinks=False)
+
+        assert ("/healthz", "/docs/") == loaded.public_routes
+        assert "public_routes" not in loaded.middleware_options()
+
+    def test_string_rejected(self, tmp_path: Path) -> None:
+        """A single string is an error with its key path."""
+        text = '[middleware]\npublic_routes = "/healthz"\n' + MINIMAL_SEGMENT
+
+        [problem] = text_problems(tmp_path, text, build_sinks=False)
+
+        assert "policy.toml:2: middleware.public_routes: public_routes must be an array" in problem
+
+    def test_from_policy_file_check_routes(self, tmp_path: Path) -> None:
+        """from_policy_file(check_routes=True) reads the file's public_routes."""
+        from starlette.applications import Starlette
+
+        text = '[middleware]\npublic_routes = ["/healthz"]\n' + MINIMAL_SEGMENT
+        path = tmp_path / "policy.toml"
+        path.write_text(text)
+
+        middleware = ZeroTrustMiddleware.from_policy_file(Starlette(), path, check_routes=True)
+
+        assert middleware._route_check is not None
+        assert ("/healthz",) == tuple(middleware._route_check.public_routes)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from zerotrust import Policy, Segment, ZeroTrustMiddleware
+from zerotrust.config import PolicyFileError
 from zerotrust.exceptions import ConfigurationError
 from zerotrust.testing import (
     PolicyCase,
@@ -17,6 +18,7 @@ from zerotrust.testing import (
     assert_decisions,
     check_policy,
     check_policy_async,
+    serve,
 )
 from zerotrust.verifiers import JWTVerifier, NetworkVerifier
 
@@ -267,3 +269,81 @@ def test_policy_file_settings_apply(tmp_path: Path) -> None:
             PolicyCase("GET", "/office/", expect=403, reason="network_not_allowed"),
         ],
     )
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "policy-testing.md"
+
+
+def doc_recipe() -> tuple[str, str]:
+    """Return the policy file and the test module of the recipe in docs/policy-testing.md."""
+    section = DOC.read_text().split("## Testing a policy file as written", 1)[1]
+    toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    python = section.split("```python\n", 1)[1].split("```", 1)[0]
+    return toml, python
+
+
+FILE_CASES = [
+    PolicyCase("GET", "/healthz"),
+    PolicyCase("GET", "/orders/42", claims={"scope": "orders:read"}),
+    PolicyCase("POST", "/orders/", claims={"scope": "orders:read"}, expect=403),
+    PolicyCase("GET", "/orders/42", expect=401, reason="token_missing"),
+]
+
+
+def test_policy_file_environ(tmp_path: Path) -> None:
+    """environ fills the file's references, so its jwks_url is fetched from a served JWKS."""
+    toml, _ = doc_recipe()
+    path = tmp_path / "policy.toml"
+    path.write_text(toml)
+    issuer = TokenIssuer(issuer="https://login.example.test/")
+
+    with serve(issuer.jwks_app()) as base_url:
+        environ = {"ISSUER": issuer.issuer, "JWKS_URL": f"{base_url}/.well-known/jwks.json"}
+        results = assert_decisions(
+            path, FILE_CASES, issuer=issuer, audience="orders-api", environ=environ
+        )
+
+    assert 4 == len(results)
+    assert "identity" == results[1].decision.verdicts[0].name
+
+
+def test_environ_reference_missing(tmp_path: Path) -> None:
+    """A reference that environ lacks, with no default, fails as it would in the middleware."""
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        '[[segments]]\nname = "a"\npaths = ["/a"]\nverifiers = [{ type = "network", '
+        'allow = ["10.0.0.0/8"], name = { env = "ZT_TEST_NAME" } }]\n'
+    )
+    case = PolicyCase("GET", "/a", client_ip="10.1.2.3", expect=401)
+
+    with pytest.raises(PolicyFileError, match="'ZT_TEST_NAME' is not set"):
+        check_policy(path, [case], environ={})
+    [result] = check_policy(path, [case], environ={"ZT_TEST_NAME": "office"})
+
+    assert result.matched
+    assert "office" == result.decision.verdicts[0].name
+
+
+def test_environ_needs_path(policy: Policy) -> None:
+    """environ with a policy that is not a file path is a configuration error."""
+    with pytest.raises(ConfigurationError, match="environ is only read when loading a policy"):
+        check_policy(policy, [PolicyCase("GET", "/healthz")], environ={"A": "b"})
+
+
+def test_doc_recipe_runs(tmp_path: Path) -> None:
+    """The recipe of docs/policy-testing.md passes as written, with pytest."""
+    toml, python = doc_recipe()
+    (tmp_path / "policy.toml").write_text(toml)
+    (tmp_path / "test_policy_file_recipe.py").write_text(python)
+
+    completed = subprocess.run(  # noqa: S603 -- the interpreter running this test
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert 0 == completed.returncode, completed.stdout + completed.stderr
+    assert "1 passed" in completed.stdout

@@ -145,13 +145,14 @@ async def check_policy_async(
     *,
     issuer: TokenIssuer | None = None,
     audience: str | Sequence[str] = "api",
+    environ: Mapping[str, str] | None = None,
 ) -> list[CaseResult]:
     """
     Decide every case with the real engine and return one result per case, in order.
 
     The coroutine form of `check_policy`, for tests that already run on an event loop.
     """
-    middleware = _middleware_for(policy)
+    middleware = _middleware_for(policy, environ)
     results = []
     for case in cases:
         scope = _scope_for(case, issuer, audience)
@@ -167,6 +168,7 @@ def check_policy(
     *,
     issuer: TokenIssuer | None = None,
     audience: str | Sequence[str] = "api",
+    environ: Mapping[str, str] | None = None,
 ) -> list[CaseResult]:
     """
     Decide every case with the real engine, without a server, and return the results.
@@ -182,11 +184,17 @@ def check_policy(
         cases: The cases to decide.
         issuer: Mints the tokens of cases with ``claims``; the policy must trust its keys.
         audience: The ``aud`` of minted tokens unless a case sets its own.
+        environ: Where the ``{ env = "NAME" }`` references of a policy file given by its path
+            are looked up; `os.environ` by default. Only for a path.
+
+    Raises:
+        ConfigurationError: for a ``policy`` of another type, or ``environ`` without a path.
+        PolicyFileError: when the policy file is invalid.
 
     Works inside a running event loop too, by deciding on a worker thread's own loop.
     """
     cases = list(cases)
-    coroutine = check_policy_async(policy, cases, issuer=issuer, audience=audience)
+    coroutine = check_policy_async(policy, cases, issuer=issuer, audience=audience, environ=environ)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -201,6 +209,7 @@ def assert_decisions(
     *,
     issuer: TokenIssuer | None = None,
     audience: str | Sequence[str] = "api",
+    environ: Mapping[str, str] | None = None,
 ) -> list[CaseResult]:
     """
     Decide every case like `check_policy`, then fail with every mismatch at once.
@@ -208,7 +217,7 @@ def assert_decisions(
     Raises:
         AssertionError: listing each case whose decision differs, with its decision trace.
     """
-    results = check_policy(policy, cases, issuer=issuer, audience=audience)
+    results = check_policy(policy, cases, issuer=issuer, audience=audience, environ=environ)
     failed = [result for result in results if not result.matched]
     if failed:
         reports = "\n".join(result.report() for result in failed)
@@ -217,16 +226,24 @@ def assert_decisions(
     return results
 
 
-def _middleware_for(policy: Any) -> ZeroTrustMiddleware:
+def _middleware_for(policy: Any, environ: Mapping[str, str] | None) -> ZeroTrustMiddleware:
     from .asgi import ZeroTrustMiddleware
     from .events import EventEmitter
 
+    is_path = isinstance(policy, str | os.PathLike)
+    if environ is not None and not is_path:
+        message = (
+            "environ is only read when loading a policy file: pass the file's path, or give "
+            "environ to zerotrust.config.load_policy yourself"
+        )
+        raise ConfigurationError(message, parameter="environ")
     if isinstance(policy, ZeroTrustMiddleware):
         return policy
-    if isinstance(policy, str | os.PathLike):
-        from ._reload import load_policy_file
+    if is_path:
+        from .config import load_policy
 
-        policy = load_policy_file(Path(policy))
+        # Sinks are checked but not opened: table tests emit no events.
+        policy = load_policy(Path(policy), environ=environ, build_sinks=False)
     options = getattr(policy, "middleware_options", None)
     if callable(options):
         # A loaded policy file: decide with its trusted proxies and path settings too.

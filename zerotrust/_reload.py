@@ -514,6 +514,10 @@ def carry_over_state(old: Any, new: Any) -> None:
             if isinstance(store, MemoryGrantStore) and isinstance(previous_store, MemoryGrantStore):
                 verifier.store = previous_store  # type: ignore[attr-defined]
 
+    # The store of a [state] table reports outages through the running emitter, too.
+    health = getattr(getattr(new, "state", None), "health", None)
+    if health is not None and isinstance(old_events, EventEmitter):
+        health.events = old_events
     new_events = getattr(new, "events", None)
     if isinstance(new_events, EventEmitter) and new_events is not old_events:
         new_events.close()

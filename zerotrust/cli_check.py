@@ -30,7 +30,8 @@ without an identity verifier.
 Sinks are checked but not opened, so checking writes no event file. Environment variables
 that the file references must be set.
 
-With --app module:attr, also check that every route of that app falls in a segment.
+With --app module:attr, also check that every route of that app falls in a segment. A route
+in a public segment is a warning unless a rule of public_routes under [middleware] matches it.
 
 Exit status: 0 when the file is valid (and, with --strict, has no warnings), 1 otherwise,
 2 on a usage error."""
@@ -79,7 +80,11 @@ def run(args: argparse.Namespace) -> int:
 
     failed = not coverage_ok or (args.strict and bool(messages))
     verdict = "invalid" if failed else "valid"
-    summary = f"{args.policy}: {verdict}, {len(loaded.policy)} segments, {_count(messages)}"
+    segments = len(loaded.policy)
+    summary = (
+        f"{args.policy}: {verdict}, {segments} segment{'s' if segments != 1 else ''}, "
+        f"{_count(messages)}"
+    )
     if not coverage_ok:
         summary += ", routes outside every segment"
     if args.strict and messages:
@@ -166,7 +171,7 @@ def _check_app(console: Console, reference: str, loaded: LoadedPolicy) -> tuple[
         message = f"cannot load app {reference!r}: {error}"
         _print_findings(console, "error", [message])
         return False, []
-    report = check_routes(app, loaded.policy)
+    report = check_routes(app, loaded.policy, public_routes=loaded.public_routes)
 
     table = Table(title=f"Routes of {escape(reference)}", title_justify="left")
     for column in ("methods", "path", "endpoint", "segment", "status"):
@@ -182,7 +187,8 @@ def _check_app(console: Console, reference: str, loaded: LoadedPolicy) -> tuple[
     console.print(table)
 
     uncovered = [row.describe() for row in report.rows if row.status == "uncovered"]
-    # The policy file declares its public segments, so a route in one is reported, not failed.
+    # A route in a public segment that public_routes does not list is reported, not failed,
+    # because the file declares its public segments.
     public = [row.describe() for row in report.rows if row.status == "undeclared_public"]
     _print_findings(console, "error", uncovered)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import ipaddress
 import json
+import logging
 import sys
 import urllib.parse
 import warnings
@@ -110,9 +112,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"zerotrust explain: error: {error}", file=sys.stderr)
         return EXIT_DENIED
 
-    trace = asyncio.run(
-        explain(loaded, args.method.upper(), args.path, args.host, headers, args.client_ip)
-    )
+    # The trace reports a failed JWKS fetch itself, so the key set's own log line would
+    # print the same error a second time.
+    with _muted("zerotrust.jwks"):
+        trace = asyncio.run(
+            explain(loaded, args.method.upper(), args.path, args.host, headers, args.client_ip)
+        )
     for message in trace["errors"]:
         print(f"zerotrust explain: error: {message}", file=sys.stderr)
     if args.json:
@@ -123,6 +128,21 @@ def run(args: argparse.Namespace) -> int:
         _print_trace(_console(), trace)
 
     return EXIT_ALLOWED if trace["outcome"]["reaches_app"] else EXIT_DENIED
+
+
+@contextlib.contextmanager
+def _muted(name: str) -> Iterator[None]:
+    """Drop the records of logger ``name`` while the block runs."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return False
+
+    logger = logging.getLogger(name)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _request_headers(args: argparse.Namespace) -> list[tuple[str, str]]:

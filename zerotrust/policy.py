@@ -312,7 +312,7 @@ def _parse_scopes(
     if scopes is None:
         return {"*": frozenset()}
     if not isinstance(scopes, Mapping):
-        return {"*": frozenset(_parse_names(segment, "scopes", scopes))}
+        return {"*": _check_scope_names(segment, _parse_names(segment, "scopes", scopes))}
 
     parsed: dict[str, frozenset[str]] = {}
     for method, required in scopes.items():
@@ -320,9 +320,24 @@ def _parse_scopes(
         if key != "*" and not (isinstance(key, str) and _METHOD.fullmatch(key)):
             message = f"segment {segment!r}: scopes key {method!r} is not an HTTP method or '*'"
             raise ConfigurationError(message, parameter=f"{segment}.scopes", value=method)
-        parsed[key] = frozenset(_parse_names(segment, f"scopes[{key}]", required))
+        names = _parse_names(segment, f"scopes[{key}]", required)
+        parsed[key] = _check_scope_names(segment, names)
 
     return parsed
+
+
+def _check_scope_names(segment: str, names: list[str]) -> frozenset[str]:
+    for scope in names:
+        # A token's scope claim is space-separated (RFC 6749, section 3.3), so a scope with
+        # whitespace in it can never be held.
+        if any(character.isspace() for character in scope):
+            message = (
+                f"segment {segment!r}: scope {scope!r} contains whitespace, so no token can "
+                f"hold it: list each scope on its own, as {scope.split()!r}"
+            )
+            raise ConfigurationError(message, parameter=f"{segment}.scopes", value=scope)
+
+    return frozenset(names)
 
 
 def _host_matches(hosts: frozenset[str], host: str) -> bool:

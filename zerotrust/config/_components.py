@@ -17,6 +17,7 @@ __all__ = [
     "GRANT_STORES",
     "IMPORT_PATH",
     "SINKS",
+    "STATE_STORES",
     "VERIFIERS",
     "Component",
     "import_object",
@@ -40,7 +41,7 @@ class Component:
         converters: Parameters whose value needs more than a type check, mapped to the name of
             the loader method that converts it.
         injected: Parameters the loader fills itself, mapped to what it passes (``signals``,
-            ``emitter``).
+            ``emitter``, ``state`` or ``shared_state``; see ``_Builder.injected``).
         options_from: Import path of a class whose keyword parameters the factory takes through
             ``**options``.
     """
@@ -98,7 +99,12 @@ VERIFIERS: Mapping[str, Component] = {
     "workload": Component("zerotrust.verifiers:WorkloadVerifier"),
     "grant": Component(
         "zerotrust.grants:GrantVerifier",
-        converters={**_KEYS, "store": "grant_store", "events": "grant_events"},
+        converters={
+            **_KEYS,
+            "store": "grant_store",
+            "events": "grant_events",
+            "single_use": "single_use",
+        },
     ),
     "risk": Component("zerotrust.monitor:RiskVerifier", injected={"signals": "signals"}),
 }
@@ -183,6 +189,7 @@ DETECTORS: Mapping[str, Component] = {
 
 DEVICE_REGISTRIES: Mapping[str, Component] = {
     "file": Component("zerotrust.devices:FileDeviceRegistry", paths=frozenset({"path"})),
+    "state": Component("zerotrust.devices:StateDeviceRegistry", injected={"state": "state"}),
 }
 
 BACKENDS: Mapping[str, Component] = {
@@ -195,19 +202,41 @@ GRANT_STORES: Mapping[str, Component] = {
     "sqlite": Component(
         "zerotrust.grants:SQLiteGrantStore", exclude=frozenset({"clock"}), paths=frozenset({"path"})
     ),
+    "state": Component(
+        "zerotrust.grants.store:StateGrantStore",
+        exclude=frozenset({"clock"}),
+        injected={"state": "state"},
+    ),
 }
+
+STATE_STORES: Mapping[str, Component] = {
+    "memory": Component("zerotrust.state:MemoryStateStore", exclude=frozenset({"clock"})),
+    "redis": Component(
+        "zerotrust.state:RedisStateStore",
+        exclude=frozenset({"events"}),
+        converters={"url": "redis_url"},
+    ),
+}
+"""State store types: the ``type`` of the ``[state]`` table."""
 
 MONITOR = Component(
     "zerotrust.monitor:MonitorSink",
-    injected={"signals": "signals", "emitter": "none"},
+    injected={"signals": "signals", "emitter": "none", "store": "shared_state"},
     converters={"detectors": "detectors"},
 )
-SIGNALS = Component("zerotrust.monitor:RiskSignals", exclude=frozenset({"clock"}))
+SIGNALS = Component(
+    "zerotrust.monitor:RiskSignals",
+    exclude=frozenset({"clock"}),
+    injected={"store": "shared_state"},
+)
 EMITTER = Component(
     "zerotrust.events:EventEmitter", paths=frozenset({"spool_dir"}), injected={"sinks": "sinks"}
 )
 TIME_WINDOW = Component("zerotrust.verifiers:TimeWindow")
-SEGMENT = Component("zerotrust.policy:Segment", converters={"verifiers": "segment_verifiers"})
+SEGMENT = Component(
+    "zerotrust.policy:Segment",
+    converters={"verifiers": "segment_verifiers", "scopes": "segment_scopes"},
+)
 REMOTE_KEY_SET = Component(
     "zerotrust.verifiers:RemoteKeySet", exclude=frozenset({"url", "algorithms", "client"})
 )

@@ -33,6 +33,7 @@ from ._source import (
     resolve_path,
     suggest,
 )
+from ._state import hide_password, is_redis_url, url_password, with_password
 
 if TYPE_CHECKING:
     from ..asgi import PathNormalization
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from ..monitor import Detector, MonitorSink, RiskSignals
     from ..policy import Policy
     from ..request import ForwardedHeader, TrustedProxies
+    from ..state import StateStore
     from ..verifiers import Verifier
 
 __all__ = ["SUPPORTED_VERSIONS", "LoadedPolicy", "load_policy", "middleware_from_policy_file"]
@@ -52,13 +54,27 @@ SUPPORTED_VERSIONS = (1,)
 _TOP_LEVEL_KEYS = (
     "version",
     "middleware",
+    "state",
     "verifiers",
     "detectors",
     "monitor",
     "events",
     "segments",
 )
-_MIDDLEWARE_KEYS = ("trusted_proxies", "forwarded_header", "path_normalization", "realm")
+_MIDDLEWARE_KEYS = (
+    "trusted_proxies",
+    "forwarded_header",
+    "path_normalization",
+    "realm",
+    "public_routes",
+)
+# Descriptions of the injected values, for the error on a key that tries to set one.
+_INJECTED = {
+    "signals": "the file's risk signals",
+    "emitter": "the file's event emitter",
+    "state": "the store of the [state] table",
+    "shared_state": "the store of the [state] table, when the file has one",
+}
 # Option names whose string values are credentials, so they must not be written inline.
 _SECRET_NAME = re.compile(
     r"(?:^|_)(?:secret|password|passwd|token|dsn|api_key|private_key|credentials?)(?:$|_)"
@@ -89,8 +105,9 @@ class LoadedPolicy:
         signals: The risk signals the monitor raises and risk verifiers read.
         monitor: The sink that runs the detectors, when the file has a ``[monitor]`` table.
         warnings: Settings that are legal but weaken enforcement, with their key paths.
-
-    .. versionadded:: 0.3.0
+        public_routes: The ``[middleware]`` path rules of routes meant to be public, read by
+            ``zerotrust check --app`` and by ``from_policy_file(..., check_routes=True)``.
+        state: The store of the ``[state]`` table, or ``None`` when the file has none.
     """
 
     path: Path
@@ -105,6 +122,8 @@ class LoadedPolicy:
     signals: RiskSignals
     monitor: MonitorSink | None
     warnings: tuple[PolicyWarning, ...] = field(default=())
+    public_routes: tuple[str, ...] = field(default=())
+    state: StateStore | None = field(default=None)
 
     def middleware_options(self) -> dict[str, Any]:
         """Return the keyword arguments that build the middleware for this policy."""
@@ -143,8 +162,6 @@ def load_policy(
 
     Raises:
         PolicyFileError: listing every problem, if the file cannot be read or is invalid.
-
-    .. versionadded:: 0.3.0
     """
     file = Path(path)
     display = str(path)
@@ -218,6 +235,10 @@ class _Builder:
         self.failed_detectors: set[str] = set()
         self.emitter: EventEmitter | None = None
         self.signals: RiskSignals | None = None
+        self.state: StateStore | None = None
+        # Whether the file has a [state] table that failed to build, with its problem recorded.
+        self.state_failed = False
+        self.redis_password: str | None = None
 
     # -- problems and warnings -------------------------------------------------------------
 
@@ -249,12 +270,14 @@ class _Builder:
                 outcome.failed = True
                 self.problem(path, f"{type(error).__name__}: {error}")
         for caught_warning in caught:
+            message = str(caught_warning.message)
+            warning_path = _key_named_in(path, message, table)
             self.warnings.append(
                 PolicyWarning(
                     self.display,
-                    format_key_path(path),
-                    self.lines.line_of(path),
-                    str(caught_warning.message),
+                    format_key_path(warning_path),
+                    self.lines.line_of(warning_path),
+                    message,
                     caught_warning.category,
                 )
             )
@@ -271,6 +294,7 @@ class _Builder:
         if version not in SUPPORTED_VERSIONS:
             supported = ", ".join(str(value) for value in SUPPORTED_VERSIONS)
             self.problem(("version",), f"version {version!r} is not supported; use {supported}")
+        self.state = self.build_state(document)
 
         for name, table in self.table(document, ("detectors",)).items():
             detector = self.typed(
@@ -299,11 +323,16 @@ class _Builder:
         )
         if monitor is not None and self.emitter is not None:
             monitor.emitter = self.emitter
+        health = getattr(self.state, "health", None)
+        if health is not None and self.emitter is not None:
+            # The store reports state_degraded and state_recovered through the file's sinks.
+            health.events = self.emitter
 
         verifier_tables = self.table(document, ("verifiers",))
         self.declared_verifiers = set(verifier_tables)
         for name, table in verifier_tables.items():
-            verifier = self.verifier(table, ("verifiers", name))
+            # The table key names the verifier in events and traces unless the table sets name.
+            verifier = self.verifier(table, ("verifiers", name), defaults={"name": name})
             if verifier is not None:
                 self.verifiers[name] = verifier
 
@@ -331,6 +360,7 @@ class _Builder:
                 "forwarded" if forwarded_header == "forwarded" else "x-forwarded-for"
             )
             proxies = TrustedProxies(networks, header=header)
+        public_routes = self.build_public_routes(middleware)
 
         if self.problems:
             problems = sorted(self.problems, key=lambda problem: problem.line or 0)
@@ -354,7 +384,57 @@ class _Builder:
             signals=self.signals,
             monitor=monitor,
             warnings=tuple(self.warnings),
+            public_routes=public_routes,
+            state=self.state,
         )
+
+    def build_state(self, document: dict[str, Any]) -> StateStore | None:
+        """Build the store of the ``[state]`` table, which the file's shared state uses."""
+        if "state" not in document:
+            return None
+        path: KeyPath = ("state",)
+        if not isinstance(document["state"], dict):
+            self.problem(path, f"state must be a table, not {document['state']!r}")
+            self.state_failed = True
+            return None
+        table: dict[str, Any] = document["state"]
+        if table.get("type") == "redis" and "password" in table:
+            # RedisStateStore takes the password in its URL; convert_redis_url adds it there.
+            password_path = (*path, "password")
+            with self.at(password_path) as outcome:
+                password = table["password"]
+                if as_reference(password) is None:
+                    self.fail(password_path, _inline_secret("password"))
+                self.redis_password = self.text(
+                    self.read(password, password_path, secret=True), password_path
+                )
+                if "url" not in table:
+                    self.fail(password_path, "password needs url: add the url of the server")
+            table = {key: value for key, value in table.items() if key != "password"}
+            if outcome.failed:
+                self.state_failed = True
+                return None
+        state: StateStore | None = self.typed(
+            components.STATE_STORES, table, path, base="zerotrust.state:StateStore"
+        )
+        if state is None:
+            self.state_failed = True
+
+        return state
+
+    def build_public_routes(self, middleware: Mapping[str, Any]) -> tuple[str, ...]:
+        from ..coverage import _parse_public_routes
+
+        path: KeyPath = ("middleware", "public_routes")
+        routes = middleware.get("public_routes", [])
+        with self.at(path) as outcome:
+            if not isinstance(routes, list):
+                self.fail(path, f"public_routes must be an array of path rules, not {routes!r}")
+            _parse_public_routes(routes)
+        if outcome.failed:
+            return ()
+
+        return tuple(routes)
 
     def build_signals(self, monitor_table: dict[str, Any]) -> RiskSignals | None:
         signals_table = monitor_table.get("signals", {})
@@ -401,17 +481,21 @@ class _Builder:
             self.problem(("segments",), "segments must be an array of tables ([[segments]])")
             return None
 
-        failures = len(self.problems)
+        failed = False
         segments = []
         for index, table in enumerate(segment_tables):
             path = ("segments", index)
             if not isinstance(table, dict):
                 self.problem(path, f"each segment must be a table, not {table!r}")
+                failed = True
                 continue
             segment = self.component(components.SEGMENT, table, path)
-            if segment is not None:
-                segments.append(segment)
-        if len(self.problems) > failures:
+            if segment is None:
+                # Its problem is recorded already, at the segment or at a verifier it names.
+                failed = True
+                continue
+            segments.append(segment)
+        if failed:
             return None
 
         with self.at(("segments",)):
@@ -460,9 +544,12 @@ class _Builder:
         path: KeyPath,
         skip: frozenset[str] | set[str] = frozenset(),
         drop: Sequence[str] = (),
+        defaults: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """
         Check and convert the options of ``table`` for ``factory``.
+
+        ``defaults`` are passed for the parameters of ``factory`` that ``table`` does not set.
 
         Raises:
             _Reported: when any option had a problem (each one is recorded).
@@ -483,6 +570,10 @@ class _Builder:
                 continue
             key_path = (*path, key)
             found = known.get(key)
+            if key in component.injected:
+                description = _INJECTED.get(component.injected[key], "set by the loader")
+                self.problem(key_path, f"{key} cannot be set in this table: it is {description}")
+                continue
             if found is None and not open_ended:
                 self.problem(key_path, self.unknown_key(key, list(known)))
                 continue
@@ -492,6 +583,9 @@ class _Builder:
             with self.at(key_path) as outcome:
                 arguments[key] = self.option(component, parameter, value, key_path)
             failed = failed or outcome.failed
+        for name, value in (defaults or {}).items():
+            if name in known and name not in table:
+                arguments[name] = value
         for name, parameter in known.items():
             if parameter.required and name not in table and name not in skip:
                 self.problem(path, f"missing required key {name!r}")
@@ -510,25 +604,43 @@ class _Builder:
         injected: Mapping[str, Any] | None = None,
         construct: bool = True,
         drop: Sequence[str] = (),
+        defaults: Mapping[str, Any] | None = None,
     ) -> Any:
         """Build one object from a table; ``None`` (with the problems recorded) if it fails."""
         with self.at(path, table):
             factory = load_factory(component)
-            arguments = self.arguments(component, factory, table, path, skip, drop)
+            arguments = self.arguments(component, factory, table, path, skip, drop, defaults)
             for name, what in component.injected.items():
-                arguments[name] = self.injected(what, injected)
+                arguments[name] = self.injected(what, injected, path)
             if construct:
                 return factory(**arguments)
         return None
 
-    def injected(self, what: str, given: Mapping[str, Any] | None) -> Any:
+    def injected(self, what: str, given: Mapping[str, Any] | None, path: KeyPath) -> Any:
         if given is not None and what in given:
             return given[what]
         if what == "signals":
             return self.signals
         if what == "emitter":
             return self.emitter
+        if what == "shared_state":
+            return self.state
+        if what == "state":
+            return self.required_state(path)
         return None
+
+    def required_state(self, path: KeyPath) -> StateStore:
+        """Return the ``[state]`` store for a part that keeps its state there."""
+        if self.state is not None:
+            return self.state
+        if self.state_failed:
+            raise _Reported
+        self.fail(
+            path,
+            "this setting keeps its state in the store of the [state] table, but the file has "
+            'no [state] table: add one, with type = "redis", url and namespace to share the '
+            'state between processes, or type = "memory" for one process',
+        )
 
     def typed(
         self,
@@ -538,6 +650,7 @@ class _Builder:
         *,
         base: str,
         construct: bool = True,
+        defaults: Mapping[str, Any] | None = None,
     ) -> Any:
         """Build an object whose table names its ``type``: a registered name or an import path."""
         if isinstance(value, str):
@@ -557,10 +670,12 @@ class _Builder:
             component = Component(kind)
         if component is None:
             names = ", ".join(sorted(registry))
-            message = (
-                f"unknown type {kind!r}{suggest(kind, registry)} Valid types: {names}, or a "
-                "'package.module:Class' import path"
-            )
+            hint = suggest(kind, registry)
+            choices = f"{names}, or a 'package.module:Class' import path"
+            if hint:
+                message = f"unknown type {kind!r}{hint} Valid types are {choices}"
+            else:
+                message = f"unknown type {kind!r}: use one of {choices}"
             self.problem((*path, "type"), message)
             return None
 
@@ -574,7 +689,9 @@ class _Builder:
         if len(self.problems) > failures:
             return None
 
-        return self.component(component, value, path, {"type"}, construct=construct)
+        return self.component(
+            component, value, path, {"type"}, construct=construct, defaults=defaults
+        )
 
     def option(
         self, component: Component, parameter: Parameter, value: object, path: KeyPath
@@ -620,9 +737,15 @@ class _Builder:
         except ConfigurationError as error:
             self.fail(path, str(error))
 
-    def verifier(self, value: object, path: KeyPath) -> Verifier | None:
+    def verifier(
+        self, value: object, path: KeyPath, defaults: Mapping[str, Any] | None = None
+    ) -> Verifier | None:
         verifier: Verifier | None = self.typed(
-            components.VERIFIERS, value, path, base="zerotrust.verifiers:Verifier"
+            components.VERIFIERS,
+            value,
+            path,
+            base="zerotrust.verifiers:Verifier",
+            defaults=defaults,
         )
         return verifier
 
@@ -670,6 +793,72 @@ class _Builder:
         return self.required(
             self.typed(components.GRANT_STORES, value, path, base="zerotrust.grants:GrantStore")
         )
+
+    def convert_single_use(self, value: object, path: KeyPath) -> Any:
+        if not isinstance(value, bool):
+            self.fail(
+                path,
+                "single_use must be true (each grant token is good for one request, claimed in "
+                f"the store of the [state] table) or false, not {value!r}",
+            )
+        return self.required_state(path) if value else None
+
+    def convert_redis_url(self, value: object, path: KeyPath) -> Any:
+        reference = as_reference(value)
+        if reference is None:
+            if not isinstance(value, str):
+                self.fail(path, f"url must be a string or a reference, not {value!r}")
+            if url_password(value) is not None:
+                self.fail(
+                    path,
+                    "url contains a password, which must not be written in the policy file: "
+                    'write url = { env = "REDIS_URL" } or { file = "..." }, or keep the password '
+                    'out of the url and set password = { env = "REDIS_PASSWORD" }',
+                )
+            url = value
+        else:
+            if isinstance(reference.default, str) and url_password(reference.default) is not None:
+                self.fail(
+                    path, "the default of url contains a password: remove it from the default"
+                )
+            url = self.text(self.read(value, path), path)
+        # Messages show the URL with its password hidden, since it may come from a secret.
+        displayed_url = hide_password(url)
+        if not is_redis_url(url):
+            message = f"url must be a redis://, rediss:// or unix:// URL, not {displayed_url!r}"
+            self.fail(path, message)
+        # RedisStateStore compares the scheme as written, and its message would show the URL.
+        scheme, separator, rest = url.partition("://")
+        url = scheme.lower() + separator + rest
+        if self.redis_password is not None:
+            if url_password(url) is not None:
+                self.fail(path, "the url has a password and password is set too: give it once")
+            url = with_password(url, self.redis_password)
+
+        return url
+
+    def convert_segment_scopes(self, value: object, path: KeyPath) -> Any:
+        example = '["orders:read"] or { GET = ["orders:read"], POST = ["orders:write"] }'
+        if isinstance(value, list):
+            return value
+        if not isinstance(value, dict):
+            self.fail(
+                path,
+                "scopes must be an array of scope names or a table of HTTP methods and arrays, "
+                f"such as {example}, not {value!r}",
+            )
+        for method, scopes in value.items():
+            if isinstance(scopes, list):
+                continue
+            message = f"scopes.{method} must be an array of scope names, not {scopes!r}"
+            if isinstance(scopes, str) and len(scopes.split()) > 1:
+                # A space-separated string would be one scope with spaces, which no token holds.
+                message += f": write {json.dumps(scopes.split())}"
+            elif isinstance(scopes, str):
+                message += f": write {json.dumps([scopes])}"
+            self.fail((*path, method), message)
+
+        return value
 
     def convert_grant_events(self, value: object, path: KeyPath) -> Any:
         if not isinstance(value, bool):
@@ -850,6 +1039,20 @@ def _refine(path: KeyPath, parameter: str | None, table: Mapping[str, Any] | Non
     return (*path, name) if name in table else path
 
 
+def _key_named_in(path: KeyPath, message: str, table: Mapping[str, Any] | None) -> KeyPath:
+    """
+    Return the path of the one key of ``table`` that ``message`` names as a word, or ``path``.
+
+    Constructors warn about a setting in words (``monitor mode``, ``leeway of 120 s``), so
+    the warning is placed at the line of that setting rather than at its table's header.
+    """
+    if not table:
+        return path
+    named = [key for key in table if re.search(rf"\b{re.escape(key)}\b", message)]
+
+    return (*path, named[0]) if len(named) == 1 else path
+
+
 def _hint(value: object, choices: Sequence[str] | Mapping[str, Any]) -> str:
     if not isinstance(value, str) or not choices:
         return ""
@@ -905,12 +1108,15 @@ def middleware_from_policy_file(
 
     ``overrides`` replace the file's middleware settings, for example ``events=`` for a test's
     own sinks or ``on_deny=``, which a file cannot express. Verifiers and the monitor keep
-    the file's emitter.
+    the file's emitter. With ``check_routes=True``, the file's ``public_routes`` apply unless
+    ``overrides`` set their own.
     """
     loaded = load_policy(path)
     options = loaded.middleware_options()
     # The whole loaded policy, so the middleware can read the same file again on reload().
     options["policy"] = loaded
+    if overrides.get("check_routes") and loaded.public_routes:
+        options["public_routes"] = loaded.public_routes
     options.update(overrides)
 
     return middleware_class(app, **options)

@@ -208,6 +208,12 @@ def check_value(parameter: Parameter, value: object) -> str | None:
     """Return why ``value`` does not fit ``parameter``, or ``None`` when it fits."""
     if "any" in parameter.kinds:
         return None
+    if not parameter.kinds:
+        # The hint names only Python classes, such as an HTTP client or a state store.
+        return (
+            "takes a Python object, which a policy file cannot express: remove it, and set it "
+            "in Python on the loaded objects if needed"
+        )
     kind = kind_of(value)
     if kind not in parameter.kinds:
         return f"must be {describe_kinds(parameter.kinds)}, not {value!r}"

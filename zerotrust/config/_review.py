@@ -27,8 +27,6 @@ def review_policy(loaded: LoadedPolicy) -> list[PolicyWarning]:
 
     The warnings that constructors emit themselves (monitor mode, a leeway over a minute,
     trusting every address) are in ``loaded.warnings`` already and are not repeated.
-
-    .. versionadded:: 0.3.0
     """
     try:
         lines = LineIndex(Path(loaded.path).read_text(encoding="utf-8"))

@@ -67,8 +67,6 @@ class PolicyProblem:
         line: The 1-based line of that key in the file, or of its closest parent; ``None``
             when the text gives no clue.
         message: What is wrong and what to do.
-
-    .. versionadded:: 0.3.0
     """
 
     file: str
@@ -92,8 +90,6 @@ class PolicyWarning:
         line: The 1-based line of that key, or ``None``.
         message: What the setting does and how to avoid it.
         category: The warning class, usually `InsecureConfigurationWarning`.
-
-    .. versionadded:: 0.3.0
     """
 
     file: str
@@ -118,8 +114,6 @@ class PolicyFileError(ConfigurationError):
         path: The policy file.
         problems: Every problem found.
         warnings: The warnings found before loading stopped.
-
-    .. versionadded:: 0.3.0
     """
 
     def __init__(
@@ -173,6 +167,8 @@ class LineIndex:
                 array_counts[name] = index
                 table = (*name, index)
                 self._lines.setdefault(table, number)
+                # The array itself is reported at its first table, such as a misspelt name.
+                self._lines.setdefault(name, number)
                 continue
             table_header = _TABLE_HEADER.fullmatch(line)
             if table_header:

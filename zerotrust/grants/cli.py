@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import getpass
+import logging
 import os
 import re
 import sys
@@ -24,10 +25,14 @@ if TYPE_CHECKING:
     from .broker import GrantBroker, GrantLimits
     from .keys import SigningKey
     from .model import Grant
+    from .store import GrantStore
 
 __all__ = [
     "EVENTS_VARIABLE",
     "KEY_VARIABLE",
+    "NAMESPACE_VARIABLE",
+    "PASSWORD_VARIABLE",
+    "STORE_HELP",
     "STORE_VARIABLE",
     "CommandError",
     "StartTime",
@@ -48,6 +53,14 @@ __all__ = [
 KEY_VARIABLE = "ZEROTRUST_GRANT_KEY"
 STORE_VARIABLE = "ZEROTRUST_GRANT_STORE"
 EVENTS_VARIABLE = "ZEROTRUST_GRANT_EVENTS"
+NAMESPACE_VARIABLE = "ZEROTRUST_GRANT_NAMESPACE"
+PASSWORD_VARIABLE = "ZEROTRUST_GRANT_REDIS_PASSWORD"  # noqa: S105 -- a variable name
+STORE_HELP = f"""\
+The store is a SQLite file, or the Redis server of the app's shared state: give its
+redis:// URL and the namespace of the app's [state] table with --namespace or
+{NAMESPACE_VARIABLE}. Keep a Redis password out of the command line: put the URL in
+{STORE_VARIABLE}, or the password in {PASSWORD_VARIABLE}."""
+"""The paragraph of the grant commands' help on the store options."""
 
 clock: Callable[[], float] = time.time
 """The time source of the grant commands and their broker; tests replace it."""
@@ -134,7 +147,10 @@ def parse_start(text: str) -> StartTime:
 
 
 def add_store_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--key``, ``--store`` and ``--events``, which default to their environment variables."""
+    """
+    Add ``--key``, ``--store``, ``--namespace`` and ``--events``, which default to their
+    environment variables.
+    """
     group = parser.add_argument_group(
         "grant key and store",
         "Each option defaults to its environment variable, so a shell can set them once.",
@@ -147,9 +163,21 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--store",
-        type=Path,
-        metavar="PATH",
-        help=f"SQLite database of the grants (default: ${STORE_VARIABLE})",
+        metavar="PATH_OR_URL",
+        help=(
+            "SQLite database of the grants, or the redis:// URL of the Redis server that keeps "
+            f"the app's shared state (default: ${STORE_VARIABLE}). Keep a Redis password out of "
+            f"this option, where other users can see it: put it in ${STORE_VARIABLE} or "
+            f"${PASSWORD_VARIABLE}"
+        ),
+    )
+    group.add_argument(
+        "--namespace",
+        metavar="NAME",
+        help=(
+            "key namespace of a Redis store: the namespace of the app's [state] table "
+            f"(default: ${NAMESPACE_VARIABLE})"
+        ),
     )
     group.add_argument(
         "--events",
@@ -167,6 +195,12 @@ def _setting(value: Path | None, variable: str) -> Path | None:
         return value
     from_environment = os.environ.get(variable, "").strip()
     return Path(from_environment).expanduser() if from_environment else None
+
+
+def _text_setting(value: str | None, variable: str) -> str | None:
+    if value is not None:
+        return value
+    return os.environ.get(variable, "").strip() or None
 
 
 def os_user() -> str:
@@ -235,9 +269,9 @@ def open_broker(
     `CommandError` for a missing or unusable setting, a store error, a `GrantError`, or audit
     events that could not be written.
     """
+    from ..config._state import hide_password
     from .broker import GrantBroker
     from .errors import GrantError, GrantStoreError
-    from .store import SQLiteGrantStore
 
     key_path = _setting(args.key, KEY_VARIABLE)
     if key_path is None and signs:
@@ -246,14 +280,18 @@ def open_broker(
             "(create one with 'zerotrust grant-key --out PATH')"
         )
         raise CommandError(message)
-    store_path = _setting(args.store, STORE_VARIABLE)
-    if store_path is None:
+    store_setting = _text_setting(args.store, STORE_VARIABLE)
+    if store_setting is None:
         message = (
             f"no grant store: pass --store PATH or set {STORE_VARIABLE} to the SQLite file "
-            "of the grants ('zerotrust grant' creates it)"
+            "of the grants ('zerotrust grant' creates it), or to the redis:// URL of the "
+            "app's shared state"
         )
         raise CommandError(message)
-    if store_must_exist and not store_path.exists():
+    redis_url = _redis_url(args, store_setting)
+    namespace = _namespace(args) if redis_url is not None else ""
+    store_path = Path(store_setting).expanduser()
+    if store_must_exist and redis_url is None and not store_path.exists():
         # Opening a mistyped path would create an empty store and report no grants.
         message = (
             f"grant store not found: {str(store_path)!r}. Check --store or ${STORE_VARIABLE}; "
@@ -270,14 +308,22 @@ def open_broker(
         signing_key = generate_signing_key()
     events_path = _setting(args.events, EVENTS_VARIABLE)
     emitter = _open_events(events_path)
-    store = None
+    store: GrantStore | None = None
+    hint = ""
     options: dict[str, Any] = {}
     if default_limits is not None:
         options["default_limits"] = default_limits
     if require_approval:
         options["require_approval"] = True
     try:
-        store = SQLiteGrantStore(store_path)
+        if redis_url is not None:
+            hint = f"Check that the Redis server at {hide_password(redis_url)} is reachable"
+            store = _open_redis_store(redis_url, namespace)
+        else:
+            from .store import SQLiteGrantStore
+
+            hint = f"Check that {str(store_path)!r} is a zerotrust grant store and writable"
+            store = SQLiteGrantStore(store_path)
         broker = GrantBroker(
             signing_key=signing_key, store=store, events=emitter, clock=clock, **options
         )
@@ -285,14 +331,11 @@ def open_broker(
     except GrantError as error:
         raise CommandError(str(error)) from None
     except GrantStoreError as error:
-        message = f"{error}. Check that {str(store_path)!r} is a zerotrust grant store and writable"
-        raise CommandError(message) from None
+        raise CommandError(f"{error}. {hint}") from None
     finally:
         if emitter is not None:
             emitter.close()
-        close_store = getattr(store, "close", None)
-        if close_store is not None:
-            close_store()
+        _close_store(store)
 
     if emitter is not None and (emitter.failed or emitter.dropped):
         lost = emitter.failed + emitter.dropped
@@ -301,6 +344,104 @@ def open_broker(
             "the change itself is saved in the store. Check that the events file is writable"
         )
         raise CommandError(message)
+
+
+def _redis_url(args: argparse.Namespace, store: str) -> str | None:
+    """Return the store setting as a Redis URL with its password, or ``None`` for a SQLite path."""
+    from ..config._state import is_redis_url, url_password, with_password
+
+    if not is_redis_url(store):
+        return None
+    scheme, separator, rest = store.partition("://")
+    # RedisStateStore compares the scheme as written, and redis-py takes any case.
+    url = scheme.lower() + separator + rest
+    if args.store is not None and url_password(url) is not None:
+        command = getattr(args, "command", "grant")
+        print(
+            f"zerotrust {command}: warning: the --store URL contains a password, which "
+            f"other users can see in the process list: set ${STORE_VARIABLE} or "
+            f"${PASSWORD_VARIABLE} instead",
+            file=sys.stderr,
+        )
+    password = os.environ.get(PASSWORD_VARIABLE, "")
+    if password:
+        if url_password(url) is not None:
+            message = (
+                f"the Redis URL has a password and ${PASSWORD_VARIABLE} is set too: give the "
+                "password once"
+            )
+            raise CommandError(message)
+        url = with_password(url, password)
+
+    return url
+
+
+def _namespace(args: argparse.Namespace) -> str:
+    namespace = _text_setting(args.namespace, NAMESPACE_VARIABLE)
+    if namespace is None:
+        message = (
+            f"a Redis grant store needs --namespace NAME or ${NAMESPACE_VARIABLE}: the "
+            "namespace of the app's [state] table, so the command sees the app's grants"
+        )
+        raise CommandError(message)
+    return namespace
+
+
+def _open_redis_store(url: str, namespace: str) -> GrantStore:
+    """Open the grants of a `RedisStateStore`; errors show the URL without its password."""
+    from ..config._state import hide_password
+    from ..exceptions import ConfigurationError
+    from ..state import StateUnavailableError
+    from .store import StateGrantStore
+
+    try:
+        from ..state import RedisStateStore
+
+        state = RedisStateStore(url, namespace=namespace)
+    except ConfigurationError as error:
+        if error.parameter == "url":
+            # The message would quote the URL, password included.
+            message = f"invalid Redis URL {hide_password(url)!r}"
+        else:
+            message = str(error)
+        raise CommandError(message) from None
+    try:
+        with _muted("zerotrust.state"):
+            state.ping()
+    except StateUnavailableError as error:
+        state.close()
+        message = (
+            f"cannot reach the Redis grant store at {hide_password(url)}: "
+            f"{str(error).rstrip('.')}. Check "
+            f"--store or ${STORE_VARIABLE}, and that the server is running"
+        )
+        raise CommandError(message) from None
+
+    return StateGrantStore(state)
+
+
+@contextlib.contextmanager
+def _muted(name: str) -> Iterator[None]:
+    """Drop the records of logger ``name`` while the command reports the error itself."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return False
+
+    logger = logging.getLogger(name)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def _close_store(store: GrantStore | None) -> None:
+    close_store = getattr(store, "close", None)
+    if close_store is not None:
+        close_store()
+    close_state = getattr(getattr(store, "state", None), "close", None)
+    if close_state is not None:
+        close_state()
 
 
 # Output

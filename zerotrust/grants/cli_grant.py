@@ -11,6 +11,7 @@ from . import cli
 from .cli import (
     EVENTS_VARIABLE,
     KEY_VARIABLE,
+    STORE_HELP,
     STORE_VARIABLE,
     CommandError,
     add_store_options,
@@ -49,7 +50,7 @@ standard output is just the token, for a pipe or a variable:
 
 Durations are a number and a unit: 90s, 15m, 2h or 1h30m. The key, store and events file
 come from --key, --store and --events or from {KEY_VARIABLE}, {STORE_VARIABLE} and
-{EVENTS_VARIABLE}.
+{EVENTS_VARIABLE}. {STORE_HELP}
 
 Exit status: 0 when the grant was minted, 1 when it was not, 2 on a usage error."""
 

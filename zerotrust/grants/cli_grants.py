@@ -12,6 +12,7 @@ from . import cli
 from .cli import (
     EVENTS_VARIABLE,
     KEY_VARIABLE,
+    STORE_HELP,
     STORE_VARIABLE,
     CommandError,
     add_store_options,
@@ -41,7 +42,7 @@ audit event in the events file.
 (times in seconds since the epoch) and its status, for scripts. No output contains a token.
 
 The key, store and events file come from --key, --store and --events or from {KEY_VARIABLE},
-{STORE_VARIABLE} and {EVENTS_VARIABLE}.
+{STORE_VARIABLE} and {EVENTS_VARIABLE}. {STORE_HELP}
 
 Exit status: 0 when the grants were listed, 1 when the store could not be read, 2 on a usage
 error."""

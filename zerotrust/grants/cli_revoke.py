@@ -9,6 +9,7 @@ from . import cli
 from .cli import (
     EVENTS_VARIABLE,
     KEY_VARIABLE,
+    STORE_HELP,
     STORE_VARIABLE,
     CommandError,
     add_store_options,
@@ -29,6 +30,7 @@ revoked changes nothing.
 
 Find grant ids with 'zerotrust grants'. The key, store and events file come from --key,
 --store and --events or from {KEY_VARIABLE}, {STORE_VARIABLE} and {EVENTS_VARIABLE}.
+{STORE_HELP}
 
 Exit status: 0 when the grant is revoked, 1 when it was not found or could not be revoked,
 2 on a usage error."""
