@@ -15,7 +15,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench_apps import PATH, VARIANTS, Credentials, build_variant, request_headers
+from bench_apps import (
+    COLD_VARIANTS,
+    PATH,
+    VARIANTS,
+    Credentials,
+    build_variant,
+    cold_request_headers,
+    request_headers,
+)
 from bench_machine import machine_info, warn_if_sources_changed
 from rich.console import Console
 from rich.table import Table
@@ -27,20 +35,38 @@ DEFAULT_REQUESTS = 8000
 DEFAULT_ROUNDS = 5
 QUICK_REQUESTS = 400
 QUICK_ROUNDS = 3
+# Every request of a cold variant needs credentials signed beforehand, so it runs fewer.
+DEFAULT_COLD_REQUESTS = 1000
+QUICK_COLD_REQUESTS = 100
+COLD_WARMUP = 100
 
 
 @dataclass
 class Variant:
-    """One application under test, with the scope it is called with."""
+    """
+    One application under test, with the scope it is called with.
+
+    A cold variant has one scope per request in ``cold_scopes``, each used once, and ``scope``
+    is the first of them.
+    """
 
     name: str
     app: ASGIApp
     scope: Scope
     emitter: EventEmitter | None = None
     events_path: Path | None = None
+    cold_scopes: list[Scope] = field(default_factory=list)
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
     calls: int = 0
+
+    def next_scopes(self, count: int) -> list[Scope]:
+        """Take the next ``count`` unused scopes of a cold variant."""
+        taken = self.cold_scopes[self.calls : self.calls + count]
+        if len(taken) != count:
+            message = f"{self.name} has no unused credentials left for {count} requests"
+            raise RuntimeError(message)
+        return taken
 
 
 @dataclass
@@ -95,10 +121,18 @@ def build_variants(
 ) -> list[Variant]:
     """Build the variants named by ``keys``; static keys mean that no network is involved."""
     variants = []
+    cold_scopes = [build_scope(headers) for headers in cold_request_headers(credentials)]
     for key in keys:
         bench = build_variant(key, credentials, events_dir=events_dir, max_queue=max_queue)
-        scope = build_scope(request_headers(key, credentials))
-        variants.append(Variant(bench.label, bench.app, scope, bench.emitter, bench.events_path))
+        if key in COLD_VARIANTS:
+            variant = Variant(
+                bench.label, bench.app, cold_scopes[0], bench.emitter, bench.events_path
+            )
+            variant.cold_scopes = cold_scopes
+        else:
+            scope = build_scope(request_headers(key, credentials))
+            variant = Variant(bench.label, bench.app, scope, bench.emitter, bench.events_path)
+        variants.append(variant)
 
     return variants
 
@@ -111,7 +145,8 @@ async def check(variant: Variant) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    await variant.app(dict(variant.scope), receive, record)
+    scope = variant.next_scopes(1)[0] if variant.cold_scopes else variant.scope
+    await variant.app(dict(scope), receive, record)
     variant.calls += 1
     if statuses != [200]:
         message = (
@@ -124,13 +159,18 @@ async def run_round(variant: Variant, requests: int) -> tuple[float, float]:
     """Call the app ``requests`` times; return wall and CPU seconds, event delivery included."""
     app = variant.app
     scope = variant.scope
+    cold = variant.next_scopes(requests) if variant.cold_scopes else None
     gc.collect()
 
     wall_start = time.perf_counter()
     cpu_start = time.process_time()
-    for _ in range(requests):
-        # A server builds a fresh scope per request, and apps add keys to it.
-        await app(dict(scope), receive, discard)
+    if cold is None:
+        for _ in range(requests):
+            # A server builds a fresh scope per request, and apps add keys to it.
+            await app(dict(scope), receive, discard)
+    else:
+        for scope in cold:
+            await app(dict(scope), receive, discard)
     # Rendering and writing happen in the emitter's thread: wait for them inside the timing.
     if variant.emitter is not None and not variant.emitter.flush(timeout=60):
         message = f"{variant.name}: events were not written within 60 s"
@@ -142,17 +182,20 @@ async def run_round(variant: Variant, requests: int) -> tuple[float, float]:
     return wall, cpu
 
 
-async def measure(variants: list[Variant], requests: int, rounds: int, warmup: int) -> None:
+async def measure(
+    variants: list[Variant], requests: int, rounds: int, warmup: int, cold_requests: int
+) -> None:
     for variant in variants:
         await check(variant)
-        await run_round(variant, warmup)
+        await run_round(variant, COLD_WARMUP if variant.cold_scopes else warmup)
 
     # Rounds interleave the variants, so a slow phase of the machine hits all of them alike.
     for _ in range(rounds):
         for variant in variants:
-            wall, cpu = await run_round(variant, requests)
-            variant.wall.append(wall / requests * 1e6)
-            variant.cpu.append(cpu / requests * 1e6)
+            count = cold_requests if variant.cold_scopes else requests
+            wall, cpu = await run_round(variant, count)
+            variant.wall.append(wall / count * 1e6)
+            variant.cpu.append(cpu / count * 1e6)
 
 
 def summarize(variants: list[Variant]) -> list[Result]:
@@ -231,6 +274,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"timed rounds per variant; the median is reported (default {DEFAULT_ROUNDS})",
     )
     parser.add_argument(
+        "--cold-requests",
+        type=int,
+        default=None,
+        help=(
+            "requests per round of a cold variant, each with new credentials (default "
+            f"{DEFAULT_COLD_REQUESTS}, {QUICK_COLD_REQUESTS} quick)"
+        ),
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a run of a few seconds, for a smoke test"
     )
     parser.add_argument(
@@ -251,7 +303,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.requests = QUICK_REQUESTS if args.quick else DEFAULT_REQUESTS
     if args.rounds is None:
         args.rounds = QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
-    if args.requests < 1 or args.rounds < 1:
+    if args.cold_requests is None:
+        args.cold_requests = QUICK_COLD_REQUESTS if args.quick else DEFAULT_COLD_REQUESTS
+    if args.requests < 1 or args.rounds < 1 or args.cold_requests < 1:
         parser.error(
             f"--requests and --rounds must be at least 1, not {args.requests} and {args.rounds}"
         )
@@ -265,14 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zerotrust-bench-") as directory:
+        credentials = Credentials.generate()
+        if COLD_VARIANTS.intersection(args.variants):
+            credentials.add_cold(1 + COLD_WARMUP + args.rounds * args.cold_requests)
         # The queue holds a whole round, so no event is dropped and every one is timed.
         variants = build_variants(
             args.variants,
-            Credentials.generate(),
+            credentials,
             Path(directory),
             max_queue=max(10_000, 2 * args.requests),
         )
-        asyncio.run(measure(variants, args.requests, args.rounds, warmup))
+        asyncio.run(measure(variants, args.requests, args.rounds, warmup, args.cold_requests))
         results = summarize(variants)
     elapsed = time.perf_counter() - started
     warn_if_sources_changed(machine)
@@ -284,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "inprocess",
             "requests": args.requests,
             "rounds": args.rounds,
+            "cold_requests": args.cold_requests,
             "warmup": warmup,
             "machine": machine,
             "load_average_end": [round(value, 2) for value in os.getloadavg()],

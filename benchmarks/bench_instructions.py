@@ -19,7 +19,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_apps import VARIANTS, BenchApp, Credentials, build_variant, request_headers
+from bench_apps import (
+    COLD_VARIANTS,
+    VARIANTS,
+    BenchApp,
+    Credentials,
+    build_variant,
+    cold_request_headers,
+    request_headers,
+)
 from bench_inprocess import build_scope, discard, receive
 from bench_machine import machine_info, source_digest, warn_if_sources_changed
 from rich.console import Console
@@ -48,9 +56,15 @@ class Result:
     ratio: float = 0.0
 
 
-async def run_requests(bench: BenchApp, scope: Scope, count: int, *, freeze: bool) -> int:
-    """Serve the warm-up, then ``count`` requests; return the full collections during those."""
+async def run_requests(bench: BenchApp, scopes: list[Scope], count: int, *, freeze: bool) -> int:
+    """
+    Serve the warm-up, then ``count`` requests; return the full collections during those.
+
+    With one scope, every request uses it. A cold variant passes one scope per request.
+    """
     statuses: list[int] = []
+    cold = len(scopes) > 1
+    scope = scopes[0]
 
     async def record(message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -60,8 +74,8 @@ async def run_requests(bench: BenchApp, scope: Scope, count: int, *, freeze: boo
     if statuses != [200]:
         message = f"{bench.label} responded with {statuses} instead of [200]: check the setup"
         raise RuntimeError(message)
-    for _ in range(WARMUP):
-        await bench.app(dict(scope), receive, discard)
+    for index in range(1, 1 + WARMUP):
+        await bench.app(dict(scopes[index] if cold else scope), receive, discard)
     flush(bench)
     if freeze:
         # A full collection traverses every tracked object, the 110 MiB of geoip2fast tables
@@ -71,8 +85,12 @@ async def run_requests(bench: BenchApp, scope: Scope, count: int, *, freeze: boo
         gc.freeze()
     full_collections = gc.get_stats()[2]["collections"]
 
-    for _ in range(count):
-        await bench.app(dict(scope), receive, discard)
+    if cold:
+        for scope in scopes[1 + WARMUP : 1 + WARMUP + count]:
+            await bench.app(dict(scope), receive, discard)
+    else:
+        for _ in range(count):
+            await bench.app(dict(scope), receive, discard)
     flush(bench)
 
     return int(gc.get_stats()[2]["collections"]) - int(full_collections)
@@ -91,8 +109,12 @@ def run_child(
     """Serve ``count`` requests after the fixed warm-up; this is what runs under callgrind."""
     credentials = Credentials.load(credentials_dir)
     bench = build_variant(key, credentials, events_dir=events_dir, max_queue=4 * (count + WARMUP))
-    scope = build_scope(request_headers(key, credentials))
-    full_collections = asyncio.run(run_requests(bench, scope, count, freeze=freeze))
+    if key in COLD_VARIANTS:
+        # Both runs load and parse every credential set, so that setup cancels out.
+        scopes = [build_scope(headers) for headers in cold_request_headers(credentials)]
+    else:
+        scopes = [build_scope(request_headers(key, credentials))]
+    full_collections = asyncio.run(run_requests(bench, scopes, count, freeze=freeze))
     if bench.emitter is not None:
         bench.emitter.close()
     # The parent compares the digests of all runs, because the working tree may change meanwhile.
@@ -145,7 +167,10 @@ def measure(
 ) -> list[Result]:
     credentials_dir = directory / "credentials"
     credentials_dir.mkdir()
-    Credentials.generate().save(credentials_dir)
+    credentials = Credentials.generate()
+    if COLD_VARIANTS.intersection(keys):
+        credentials.add_cold(1 + WARMUP + counts[1])
+    credentials.save(credentials_dir)
 
     runs = [(key, count) for key in keys for count in counts]
     with ThreadPoolExecutor(max_workers=jobs) as pool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench_apps import (
+    COLD_VARIANTS,
     CREDENTIALS_ENV,
     EVENTS_ENV,
     PATH,
@@ -35,7 +37,8 @@ from rich.table import Table
 
 HOST = "127.0.0.1"
 BENCHMARKS_DIR = Path(__file__).resolve().parent
-STARTUP_TIMEOUT = 20.0
+STARTUP_TIMEOUT = 90.0
+MAX_WORKERS = 8
 DEFAULT_DURATION = 5.0
 DEFAULT_ROUNDS = 3
 DEFAULT_CONNECTIONS = 32
@@ -48,10 +51,11 @@ _WRK_SOCKET_ERRORS = re.compile(r"Socket errors:.*")
 
 @dataclass
 class Server:
-    """One uvicorn process serving one variant, and the credential headers its clients send."""
+    """One uvicorn server for one variant, and the credential headers its clients send."""
 
     key: str
     headers: list[tuple[str, str]]
+    workers: int = 1
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     rates: list[float] = field(default_factory=list)
@@ -88,7 +92,7 @@ def free_port() -> int:
 
 def start(server: Server, env: dict[str, str]) -> None:
     """
-    Start uvicorn with one worker and wait until it accepts connections.
+    Start uvicorn with ``server.workers`` workers and wait until it answers with a 200.
 
     ``--no-proxy-headers`` leaves ``X-Forwarded-For`` to zerotrust's `TrustedProxies`, so the
     full chain resolves the client address as it would behind a real proxy.
@@ -97,7 +101,7 @@ def start(server: Server, env: dict[str, str]) -> None:
     command = [
         sys.executable, "-m", "uvicorn", "bench_apps:served_app", "--factory",
         "--app-dir", str(BENCHMARKS_DIR),
-        "--host", HOST, "--port", str(server.port),
+        "--host", HOST, "--port", str(server.port), "--workers", str(server.workers),
         "--no-access-log", "--no-proxy-headers", "--log-level", "warning",
     ]  # fmt: skip
     env = {**env, VARIANT_ENV: server.key}
@@ -109,14 +113,28 @@ def start(server: Server, env: dict[str, str]) -> None:
         if server.process.poll() is not None:
             message = f"uvicorn for {server.name} exited with code {server.process.returncode}"
             raise RuntimeError(message)
-        with (
-            contextlib.suppress(OSError),
-            socket.create_connection((HOST, server.port), timeout=0.2),
-        ):
+        if answers(server):
             return
-        time.sleep(0.05)
+        time.sleep(0.1)
     message = f"uvicorn for {server.name} did not accept connections within {STARTUP_TIMEOUT:g} s"
     raise RuntimeError(message)
+
+
+def answers(server: Server) -> bool:
+    """Send one request; tell whether it was allowed (a worker loads the geo data first)."""
+    connection = http.client.HTTPConnection(HOST, server.port, timeout=2.0)
+    try:
+        connection.request("GET", PATH, headers=dict(server.headers))
+        response = connection.getresponse()
+        response.read()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+    if response.status != 200:
+        message = f"{server.name} answered {response.status} instead of 200: check the setup"
+        raise RuntimeError(message)
+    return True
 
 
 def stop(server: Server) -> None:
@@ -266,24 +284,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="load generator: wrk if it is on PATH (auto), or the Python asyncio generator",
     )
     parser.add_argument(
+        "--workers",
+        default="1",
+        help=(
+            "comma-separated uvicorn worker counts; each count is measured on its own, with "
+            f"ratios to bare at the same count (default 1, at most {MAX_WORKERS})"
+        ),
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="one short round per app, for a smoke test"
     )
     parser.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
-        help="comma-separated variant keys; ratios are to the first (default: all, bare first)",
+        default=",".join(key for key in VARIANTS if key not in COLD_VARIANTS),
+        help=(
+            "comma-separated variant keys; ratios are to the first (default: all but the cold "
+            "ones, which need new credentials per request; bare first)"
+        ),
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--load-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.variants = [key.strip() for key in args.variants.split(",") if key.strip()]
-    unknown = [key for key in args.variants if key not in VARIANTS]
+    unknown = [key for key in args.variants if key not in VARIANTS or key in COLD_VARIANTS]
     if unknown or not args.variants:
         parser.error(
-            f"--variants: unknown variants {unknown} or none given; "
-            f"choose from {', '.join(VARIANTS)}"
+            f"--variants: unknown or cold variants {unknown} or none given; choose from "
+            f"{', '.join(key for key in VARIANTS if key not in COLD_VARIANTS)}"
         )
+    try:
+        args.workers = [int(part) for part in args.workers.split(",") if part.strip()]
+    except ValueError:
+        parser.error(f"--workers must list integers such as 1,2,4, not {args.workers!r}")
+    if not args.workers or not all(1 <= count <= MAX_WORKERS for count in args.workers):
+        parser.error(f"--workers counts must be from 1 to {MAX_WORKERS}, not {args.workers}")
     if args.quick:
         args.duration = min(args.duration, 2.0)
         args.rounds = 1
@@ -314,10 +349,12 @@ def choose_generator(choice: str) -> tuple[str, str]:
 
 
 def print_table(servers: list[Server], label: str, args: argparse.Namespace) -> None:
+    workers = servers[0].workers
     table = Table(
         title=(
-            f"Served throughput, uvicorn 1 worker, {args.connections} connections, "
-            f"median of {args.rounds} x {args.duration:g} s ({label})"
+            f"Served throughput, uvicorn {workers} worker{'s' if workers > 1 else ''}, "
+            f"{args.connections} connections, median of {args.rounds} x {args.duration:g} s "
+            f"({label})"
         )
     )
     table.add_column("app", no_wrap=True)
@@ -336,7 +373,8 @@ def print_table(servers: list[Server], label: str, args: argparse.Namespace) -> 
 
 def measure(servers: list[Server], generator: str, args: argparse.Namespace) -> None:
     for server in servers:
-        warmup = load(generator, server, args, 1.0)
+        # Each worker answers once it has loaded the app, so several workers get longer.
+        warmup = load(generator, server, args, float(server.workers))
         if warmup.errors or not warmup.requests:
             message = (
                 f"{server.name} responded to {warmup.errors} of "
@@ -372,29 +410,37 @@ def main(argv: list[str] | None = None) -> int:
 
     generator, label = choose_generator(args.generator)
     credentials = Credentials.generate()
-    servers = [Server(key, request_headers(key, credentials)) for key in args.variants]
+    groups = [
+        [Server(key, request_headers(key, credentials), workers) for key in args.variants]
+        for workers in args.workers
+    ]
     machine = machine_info()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zerotrust-served-") as directory:
         credentials_dir = Path(directory) / "credentials"
-        events_dir = Path(directory) / "events"
         credentials_dir.mkdir()
-        events_dir.mkdir()
         credentials.save(credentials_dir)
-        env = {**os.environ, CREDENTIALS_ENV: str(credentials_dir), EVENTS_ENV: str(events_dir)}
-
-        with running(servers, env):
-            measure(servers, generator, args)
-        # Stopping uvicorn runs the lifespan shutdown, which flushes the events.
-        for server in servers:
-            server.events = count_lines(events_dir / f"{server.key}.jsonl")
+        # One worker count at a time, so that only its servers hold memory and CPU.
+        for servers in groups:
+            events_dir = Path(directory) / f"events-{servers[0].workers}"
+            events_dir.mkdir()
+            env = {
+                **os.environ,
+                CREDENTIALS_ENV: str(credentials_dir),
+                EVENTS_ENV: str(events_dir),
+            }
+            with running(servers, env):
+                measure(servers, generator, args)
+            # Stopping uvicorn runs the lifespan shutdown, which flushes the events.
+            for server in servers:
+                server.events = count_lines(events_dir / f"{server.key}.jsonl")
     elapsed = time.perf_counter() - started
     warn_if_sources_changed(machine)
 
-    print_table(servers, label, args)
+    for servers in groups:
+        print_table(servers, label, args)
     print(f"{elapsed:.1f} s in total; {machine}")
     if args.json:
-        bare = statistics.median(servers[0].rates)
         document = {
             "benchmark": "served",
             "generator": label,
@@ -407,11 +453,15 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "name": server.name,
                     "key": server.key,
+                    "workers": server.workers,
                     "requests_per_second": round(statistics.median(server.rates), 1),
                     "rounds": [round(rate, 1) for rate in server.rates],
-                    "ratio_to_bare": round(statistics.median(server.rates) / bare, 4),
+                    "ratio_to_bare": round(
+                        statistics.median(server.rates) / statistics.median(servers[0].rates), 4
+                    ),
                     "events_written": server.events,
                 }
+                for servers in groups
                 for server in servers
             ],
         }

@@ -17,6 +17,7 @@ from typing import Any
 
 from bench_apps import (
     Credentials,
+    cold_request_headers,
     full_chain_app,
     list_items,
     request_headers,
@@ -171,15 +172,52 @@ def protected_app(
     sink: Sink | None = None,
 ) -> tuple[ZeroTrustMiddleware, EventEmitter]:
     """Build the ``rs256-cached`` or ``full-chain`` variant around ``app``."""
-    jwks = credentials.identity.jwks()
     if variant == "full-chain":
-        device_jwks = credentials.device.jwks()
         return full_chain_app(
-            jwks, device_jwks, events_path=events_path, max_queue=max_queue, app=app, sink=sink
+            credentials, events_path=events_path, max_queue=max_queue, app=app, sink=sink
         )
+    jwks = credentials.identity.jwks()
     return zerotrust_app(
         jwks, algorithm="RS256", events_path=events_path, max_queue=max_queue, app=app, sink=sink
     )
+
+
+def cold_stages(credentials: Credentials, directory: Path, count: int) -> list[tuple[str, float]]:
+    """
+    Time the full chain with cold caches: each verifier on requests it has not seen, then whole
+    requests on a new app. Returns the stages in CPU µs of the calling thread per call.
+    """
+    credentials.add_cold(count)
+    scopes = [build_scope(headers) for headers in cold_request_headers(credentials)]
+    app, emitter = full_chain_app(
+        credentials, events_path=directory / "cold-stages.jsonl", max_queue=4 * count
+    )
+    segment = app.policy.segments[0]
+    verification = VerificationContext(segment)
+    requests = [app._access_request(dict(scope))[0] for scope in scopes]
+    stages = []
+    for verifier in segment.verifiers:
+        started = time.thread_time()
+        for request in requests:
+            verifier.verify_cached(request, verification)
+        elapsed = (time.thread_time() - started) / count * 1e6
+        stages.append((f"  {type(verifier).__name__}.verify_cached (first request)", elapsed))
+    emitter.close()
+
+    # A new app has empty caches, so every one of these requests is its first.
+    fresh, fresh_emitter = full_chain_app(
+        credentials, events_path=directory / "cold-requests.jsonl", max_queue=4 * count
+    )
+
+    async def run_all() -> float:
+        started = time.thread_time()
+        for scope in scopes:
+            await fresh(dict(scope), receive, discard)
+        return (time.thread_time() - started) / count * 1e6
+
+    whole = asyncio.run(run_all())
+    fresh_emitter.close()
+    return [("whole request, request thread (CPU)", whole), *stages]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         "--variant",
         choices=("rs256-cached", "full-chain"),
         default="rs256-cached",
-        help="one cached RS256 JWTVerifier, or all five verifiers in one segment",
+        help="one cached RS256 JWTVerifier, or the seven verifiers of the full chain",
+    )
+    parser.add_argument(
+        "--cold",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with full-chain, also time N requests whose credentials and address are new",
     )
     args = parser.parse_args(argv)
     count: int = args.requests
@@ -284,6 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in stages:
             table.add_row(name, f"{value:.2f}")
         Console(width=140).print(table)
+
+        if args.cold and variant == "full-chain":
+            cold = Table(title=f"Full chain with cold caches, CPU µs per call ({args.cold} calls)")
+            cold.add_column("stage")
+            cold.add_column("µs", justify="right")
+            for name, value in cold_stages(credentials, Path(directory), args.cold):
+                cold.add_row(name, f"{value:.2f}")
+            Console(width=140).print(cold)
 
         counting_sink = CountingSink(Path(directory) / "counted.jsonl")
         counted, counted_emitter = protected_app(

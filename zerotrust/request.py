@@ -39,6 +39,7 @@ _PERCENT_TRIPLET = re.compile(rb"%[0-9A-Fa-f]{2}")
 _STRAY_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_PATH_BYTES = 8192
+_MAX_REMEMBERED_PEERS = 4096
 # Unreserved and sub-delimiter characters only: nothing to decode and nothing to reject.
 _PLAIN_PATH = re.compile(rb"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*")
 
@@ -230,6 +231,9 @@ class TrustedProxies:
 
         self.networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(parsed)
         self.header: ForwardedHeader = header
+        # Whether each peer seen so far is trusted. Every request asks twice, and peers repeat.
+        # Cleared when full, so it stays bounded; dict reads and writes need no lock.
+        self._trusted: dict[IPAddress, bool] = {}
 
     def __bool__(self) -> bool:
         return bool(self.networks)
@@ -237,6 +241,15 @@ class TrustedProxies:
     def __contains__(self, address: IPAddress | None) -> bool:
         if address is None:
             return False
+        trusted = self._trusted.get(address)
+        if trusted is None:
+            trusted = self._check(address)
+            if len(self._trusted) >= _MAX_REMEMBERED_PEERS:
+                self._trusted.clear()
+            self._trusted[address] = trusted
+        return trusted
+
+    def _check(self, address: IPAddress) -> bool:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
 

@@ -20,7 +20,7 @@ from ..events.access import format_timestamp, new_event_id
 from ..exceptions import ConfigurationError, InsecureConfigurationWarning
 from ..policy import PathPattern
 from ..state.base import StateStore, StateUnavailableError
-from ..verifiers.base import Verdict, VerificationContext, Verifier
+from ..verifiers.base import Verdict, VerificationContext, Verifier, shared_verdict
 from ..verifiers.jwks import StaticKeySet
 from ..verifiers.jws import TokenProblem, read_header
 from .errors import GrantStoreError
@@ -40,6 +40,7 @@ _HEADER_NAME = re.compile(r"[a-z0-9!#$%&'*+.^_`|~\-]{1,64}")
 _MAX_LEEWAY = 300.0
 _MAX_HEADER_CHARS = 1024
 _REQUIRED_CLAIMS = ["iss", "sub", "aud", "jti", "iat", "nbf", "exp"]
+_MAX_VERDICTS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +202,8 @@ class GrantVerifier(Verifier):
         self._uses: LRUCache[str, tuple[float, int]] = LRUCache(maxsize=10_000)
         # Grants that passed, by id, until after_decision knows whether the request went through.
         self._passed: LRUCache[str, _VerifiedGrant] = LRUCache(maxsize=1024)
+        # The passing verdict of each grant, cleared when full. Dict access needs no lock.
+        self._verdicts: dict[str, tuple[_VerifiedGrant, Verdict]] = {}
         self._options: jwt.types.Options = {
             "require": _REQUIRED_CLAIMS,
             "verify_signature": True,
@@ -320,12 +323,23 @@ class GrantVerifier(Verifier):
         # The use is recorded in after_decision, once the whole request is allowed.
         self._passed[grant.grant_id] = grant
 
-        return Verdict.passed(
-            bound_subject=grant.subject,
-            elevates=True,
-            grant_id=grant.grant_id,
-            grant_expires_at=grant.expires_at,
-        )
+        # The verdict depends on the grant alone, so one object serves all of its requests. The
+        # checks above still run on every request.
+        entry = self._verdicts.get(grant.grant_id)
+        if entry is not None and entry[0] is grant:
+            verdict = entry[1]
+        else:
+            verdict = Verdict.passed(
+                bound_subject=grant.subject,
+                elevates=True,
+                grant_id=grant.grant_id,
+                grant_expires_at=grant.expires_at,
+            )
+            verdict = shared_verdict(verdict)
+            if len(self._verdicts) >= _MAX_VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[grant.grant_id] = (grant, verdict)
+        return verdict
 
     def _decode(self, token: str, digest: bytes) -> _VerifiedGrant:
         try:

@@ -37,6 +37,8 @@ _REASONS: dict[SignalKind, str] = {
     "subject": "risk_flagged_subject",
 }
 _STEP_UP_REASON = "risk_step_up_required"
+# Verdicts are immutable, so every request without a signal shares one.
+_PASSED = Verdict.passed()
 # Tokens longer than this are not parsed for claims; JWTVerifier rejects them anyway.
 _MAX_TOKEN_CHARS = 8192
 _IPV4_PREFIX = 24
@@ -273,7 +275,7 @@ class RiskVerifier(Verifier):
             return self._deny(denying)
         if stepping_up:
             return self._step_up(stepping_up, token)
-        return Verdict.passed()
+        return _PASSED
 
     def _counts(self, signal: RiskSignal) -> bool:
         return self.detectors is None or signal.detector in self.detectors
@@ -366,7 +368,7 @@ def _read_bearer(request: AccessRequest) -> _BearerToken | None:
         return None
 
     # The same tokens come back on request after request, and decoding the claims costs more
-    # than hashing. The digest keys the cache, so it holds no token.
+    # than hashing. The digest is the key, so the cache contains no token.
     digest = hashlib.sha256(token.encode()).digest()
     bearer = _BEARERS.get(digest)
     if bearer is None:
@@ -377,7 +379,7 @@ def _read_bearer(request: AccessRequest) -> _BearerToken | None:
     return bearer
 
 
-# Bearer tokens read so far, by SHA-256 digest; cleared when full, so always bounded.
+# Bearer tokens read so far, by SHA-256 digest. Cleared when full, so always bounded.
 _BEARERS: dict[bytes, _BearerToken] = {}
 _MAX_BEARERS = 4096
 

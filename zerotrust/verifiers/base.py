@@ -138,6 +138,27 @@ class Verdict:
         return cls("not_applicable", reason, facts=facts or _EMPTY)
 
 
+def shared_verdict(verdict: Verdict) -> Verdict:
+    """
+    Return ``verdict`` with its facts in a read-only mapping, so one object can serve many
+    requests without any of them changing what the others see.
+    """
+    if not verdict.facts or isinstance(verdict.facts, MappingProxyType):
+        return verdict
+    # Positional arguments in field order: dataclasses.replace costs several times more.
+    return Verdict(
+        verdict.outcome,
+        verdict.reason,
+        verdict.detail,
+        verdict.principal,
+        MappingProxyType(dict(verdict.facts)),
+        verdict.bound_subject,
+        verdict.challenge,
+        verdict.forbidden,
+        verdict.elevates,
+    )
+
+
 def _check_reason(reason: str) -> None:
     if not isinstance(reason, str) or not _REASON.fullmatch(reason):
         message = f"reason code {reason!r} must be lower-case letters, digits and '_' (max 64)"

@@ -16,7 +16,7 @@ from cachetools import LRUCache
 
 from ..devices import NOT_CACHED, DeviceRecord, DeviceRegistry, DeviceRegistryError
 from ..exceptions import ConfigurationError, InsecureConfigurationWarning, KeySetUnavailableError
-from .base import Deny, Verdict, VerificationContext, Verifier
+from .base import Deny, Verdict, VerificationContext, Verifier, shared_verdict
 from .certificates import ClientCertificate, ProxyCertificateFormat, read_client_certificate
 from .jwks import KeySet, RemoteKeySet, StaticKeySet, UnknownKeyError
 from .jws import TokenProblem, claim_problem, read_header
@@ -135,7 +135,8 @@ class DeviceVerifier(Verifier):
         max_assertion_lifetime: Longest accepted ``exp`` minus ``iat`` (or minus now, without
             ``iat``), in seconds; ``None`` for no limit.
         max_assertion_bytes: Longer assertions are rejected before any parsing.
-        cache_size: Maximum number of verified assertions cached; 0 disables the cache.
+        cache_size: Maximum number of verified assertions cached, and of verdicts kept per
+            assertion when there is no registry and no ``max_posture_age``; 0 disables both.
         cache_ttl: Maximum seconds a verified assertion stays cached (never past its ``exp``).
         registry: The device registry; needed for ``certificate``.
         proxy_header: Header in which a trusted proxy forwards the client certificate.
@@ -245,6 +246,12 @@ class DeviceVerifier(Verifier):
                 jwks_options=jwks_options,
                 http_client=http_client,
             )
+        # Without a registry or a posture age limit, the verdict on an assertion depends on the
+        # assertion alone, so it is kept beside the cached assertion, keyed by the same digest.
+        # The assertion's expiry is still checked on every request before its verdict is used.
+        self._judged: dict[bytes, Verdict] | None = None
+        if self.cache is not None and self.registry is None and self.max_posture_age is None:
+            self._judged = {}
 
     def _configure_assertions(
         self,
@@ -350,9 +357,12 @@ class DeviceVerifier(Verifier):
             certificate, token = self._read_credentials(request)
             assertion = None
             if token is not None:
-                assertion = self._assertion_cached(token, request.time)
+                digest = hashlib.sha256(token.encode()).digest()
+                assertion = self._assertion_cached(token, request.time, digest)
                 if assertion is None:
                     return None
+                if certificate is None and self._judged is not None:
+                    return self._judged_verdict(digest, request.time, assertion)
             record = None
             key = self._registry_key(assertion, certificate)
             if key is not None:
@@ -421,10 +431,26 @@ class DeviceVerifier(Verifier):
 
     # Assertions --------------------------------------------------------------------------------
 
-    def _assertion_cached(self, token: str, now: float) -> DeviceAssertion | None:
+    def _judged_verdict(self, digest: bytes, now: float, assertion: DeviceAssertion) -> Verdict:
+        """Return the verdict on a verified assertion, judging it on its first request only."""
+        judged = self._judged
+        assert judged is not None
+        assert self.cache is not None
+        verdict = judged.get(digest)
+        if verdict is None:
+            verdict = shared_verdict(self._judge(now, assertion, None, None))
+            if len(judged) >= self.cache.maxsize:
+                judged.clear()
+            judged[digest] = verdict
+        return verdict
+
+    def _assertion_cached(
+        self, token: str, now: float, digest: bytes | None = None
+    ) -> DeviceAssertion | None:
         """Return the verified assertion without I/O, or ``None`` when its key must be fetched."""
         assert self.key_set is not None
-        digest = hashlib.sha256(token.encode()).digest()
+        if digest is None:
+            digest = hashlib.sha256(token.encode()).digest()
         if self.cache is not None:
             entry = self.cache.get(digest)
             if entry is not None:

@@ -12,7 +12,7 @@ from ..exceptions import ConfigurationError
 from ..geo.base import GeoBackend, GeoResult, LookupCache
 from ..geo.countries import COUNTRY_CODES
 from ..geo.internal import internal_network
-from .base import Verdict, VerificationContext, Verifier
+from .base import Verdict, VerificationContext, Verifier, shared_verdict
 
 if TYPE_CHECKING:
     from ..request import AccessRequest, IPAddress
@@ -49,7 +49,8 @@ class GeoVerifier(Verifier):
         unknown: What to do when the database has no data for the address, or lacks the
             country or AS number a rule needs: ``deny`` (the default) or ``allow``.
         backend: The `GeoBackend` to look up addresses in; `GeoIP2FastBackend` by default.
-        cache_size: Maximum number of lookup results kept in an LRU cache; 0 disables it.
+        cache_size: Maximum number of lookup results kept in an LRU cache, and of verdicts
+            kept per address; 0 disables both.
 
     .. warning::
        With ``unknown="allow"``, a deny-list only denies addresses the database knows.
@@ -119,6 +120,11 @@ class GeoVerifier(Verifier):
             self.cache = None
         else:
             self.cache = LookupCache(cache_size)
+        # The verdict on an address depends only on the lookup result and the rules, so the
+        # verdicts of cached lookups are kept too, at most cache_size of them. Reads and writes
+        # of a dict are atomic in CPython, so concurrent requests need no lock here.
+        self._verdicts: dict[tuple[int, int], Verdict] | None = None if self.cache is None else {}
+        self._max_verdicts = cache_size
 
         self.internal: InternalPolicy = internal
         self.unknown: UnknownPolicy = unknown
@@ -147,6 +153,22 @@ class GeoVerifier(Verifier):
         """Judge one client address; the backend's data must be loaded or loadable on the spot."""
         if address is None:
             return Verdict.failed("client_ip_unknown", "the client address is unknown")
+        verdicts = self._verdicts
+        if verdicts is None:
+            return self._judge(address)
+        key = (address.version, int(address))
+        verdict = verdicts.get(key)
+        if verdict is None:
+            verdict = self._judge(address)
+            if verdict.reason != "geo_lookup_failed":
+                # A failed lookup is tried again on the next request, as the lookup cache does.
+                if len(verdicts) >= self._max_verdicts:
+                    verdicts.clear()
+                verdict = shared_verdict(verdict)
+                verdicts[key] = verdict
+        return verdict
+
+    def _judge(self, address: IPAddress) -> Verdict:
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
 

@@ -90,6 +90,10 @@ def bounded(value: Any, depth: int = 0) -> Any:
 def dumps_line(value: Any) -> bytes:
     """Render ``value`` as one line of compact JSON with no character that ends a line."""
     line = orjson.dumps(value, default=str)
+    if line.isascii():
+        # Each separator has a byte above 0x7F. One check of the whole line costs far less
+        # than the three searches.
+        return line
     for raw, escaped in _RAW_LINE_SEPARATORS:
         if raw in line:
             line = line.replace(raw, escaped)
