@@ -169,8 +169,9 @@ class Credentials:
 
     @classmethod
     def generate(cls) -> Credentials:
-        identity = TokenIssuer(issuer=ISSUER, algorithms=("RS256", "ES256"))
-        device = TokenIssuer(issuer=DEVICE_ISSUER, algorithms=("ES256",))
+        # Fixed key ids, because the server processes rebuild the issuers from the saved keys.
+        identity = TokenIssuer(issuer=ISSUER, algorithms=("RS256", "ES256"), kid_suffix="1")
+        device = TokenIssuer(issuer=DEVICE_ISSUER, algorithms=("ES256",), kid_suffix="1")
         credentials = cls(identity, device, generate_signing_key(), {}, _placeholder_grant())
         tokens = {
             alg: identity.token(SUBJECT, audience=AUDIENCE, scopes=[SCOPE], alg=alg, lifetime=3600)
@@ -266,8 +267,8 @@ class Credentials:
     @classmethod
     def load(cls, directory: Path) -> Credentials:
         """Read the keys, tokens and grants that `save` wrote into ``directory``."""
-        identity = TokenIssuer(issuer=ISSUER, algorithms=())
-        device = TokenIssuer(issuer=DEVICE_ISSUER, algorithms=())
+        identity = TokenIssuer(issuer=ISSUER, algorithms=(), kid_suffix="1")
+        device = TokenIssuer(issuer=DEVICE_ISSUER, algorithms=(), kid_suffix="1")
         for prefix, issuer in (("identity", identity), ("device", device)):
             for path in sorted(directory.glob(f"{prefix}-*.pem")):
                 alg = path.stem.removeprefix(f"{prefix}-")
