@@ -796,3 +796,72 @@ class TestGetAccess:
     def test_nothing_found(self, value: Any) -> None:
         """Anything without an access context gives None."""
         assert get_access(value) is None
+
+
+class TestRouteCheck:
+    """``check_routes=True`` checks a Flask app's routes when the first request arrives."""
+
+    @staticmethod
+    def flask_app(*, uncovered: bool) -> Any:
+        flask = pytest.importorskip("flask")
+        app = flask.Flask(__name__, static_folder=None)
+        # Wrapped before its routes exist, as Flask apps usually are.
+        app.wsgi_app = ZeroTrustWSGIMiddleware(  # type: ignore[method-assign]
+            app.wsgi_app,
+            policy=[
+                Segment("health", paths=["/healthz"], public=True),
+                Segment("api", paths=["/api/"], verifiers=[allow()]),
+            ],
+            check_routes=True,
+            public_routes=["/healthz"],
+        )
+
+        @app.get("/healthz")
+        def health() -> str:
+            return "ok"
+
+        @app.get("/api/items")
+        def items() -> str:
+            return "items"
+
+        if uncovered:
+
+            @app.get("/debug/vars")
+            def debug() -> str:
+                return "secrets"
+
+        return app
+
+    def test_covered_app_serves(self) -> None:
+        app = self.flask_app(uncovered=False)
+
+        response = call(app, environ_for("/api/items"))
+
+        assert 200 == response.status_code
+
+    def test_uncovered_route_denies_everything(self, caplog: pytest.LogCaptureFixture) -> None:
+        app = self.flask_app(uncovered=True)
+
+        with capture_events() as events:
+            responses = [call(app, environ_for(path)) for path in ("/api/items", "/healthz")]
+
+        assert [403, 403] == [response.status_code for response in responses]
+        assert [["route_check_failed"]] * 2 == [event["reasons"] for event in events]
+        assert "/debug/vars" in caplog.text
+
+    def test_public_routes_need_the_check(self) -> None:
+        with pytest.raises(ConfigurationError, match="check_routes=True"):
+            ZeroTrustWSGIMiddleware(
+                RecordingApp(),
+                policy=[Segment("all", paths=["/"], public=True)],
+                public_routes=["/healthz"],
+            )
+
+    def test_malformed_public_route(self) -> None:
+        with pytest.raises(ConfigurationError, match="public_routes"):
+            ZeroTrustWSGIMiddleware(
+                RecordingApp(),
+                policy=[Segment("all", paths=["/"], public=True)],
+                check_routes=True,
+                public_routes="/healthz",
+            )

@@ -103,6 +103,11 @@ class ZeroTrustWSGIMiddleware(BlockingPolicyReload):
             verifier timeout in the policy plus one second.
         reload_on_sighup: Read the policy file again when the process receives SIGHUP, as
             `reload` does. Only for a middleware built from a policy file, in the main thread.
+        check_routes: Check that every route of the app falls in a segment (see
+            `zerotrust.coverage.check_routes`) when the first request arrives, once routes are
+            registered. When the check fails, the problems are logged and every request is
+            denied with ``route_check_failed``, because WSGI has no startup to refuse.
+        public_routes: Path rules for the routes meant to be public, read by ``check_routes``.
 
     .. warning::
        Only list proxies you operate in ``trusted_proxies``: any peer in that list can claim
@@ -124,8 +129,16 @@ class ZeroTrustWSGIMiddleware(BlockingPolicyReload):
         realm: str = "zerotrust",
         decision_timeout: float | None = None,
         reload_on_sighup: bool = False,
+        check_routes: bool = False,
+        public_routes: Iterable[str] = (),
     ) -> None:
         policy, loaded = split_policy(policy)
+        route_check = _RouteCheckOnce(public_routes) if check_routes else None
+        if route_check is None and public_routes:
+            message = (
+                "public_routes is only read by the route check: pass check_routes=True as well"
+            )
+            raise ConfigurationError(message, parameter="public_routes", value=public_routes)
         check_path_normalization(path_normalization)
         if not isinstance(trusted_proxies, TrustedProxies):
             trusted_proxies = TrustedProxies(trusted_proxies, header=forwarded_header)
@@ -161,6 +174,7 @@ class ZeroTrustWSGIMiddleware(BlockingPolicyReload):
         self.on_deny = on_deny
         self.realm = realm
         self.decision_timeout = float(decision_timeout)
+        self._route_check = route_check
         self._runner = _LoopRunner()
         _middlewares.add(self)
 
@@ -189,7 +203,11 @@ class ZeroTrustWSGIMiddleware(BlockingPolicyReload):
         except Exception:
             logger.exception("reading the request failed; denying it")
             request = unreadable_request(environ.get("REQUEST_METHOD", "GET"))
-        decision = self._decide(request)
+        route_check = self._route_check
+        if route_check is not None and not route_check.passed(self.app, self.policy):
+            decision = deny("route_check_failed")
+        else:
+            decision = self._decide(request)
         decided = perf_counter()
 
         if not decision.lets_through:
@@ -607,3 +625,48 @@ def _forget_threads() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_threads)
+
+
+class _RouteCheckOnce:
+    """
+    The route check of a WSGI middleware, run once when the first request arrives.
+
+    A Flask app is usually wrapped before its routes are registered, so the check cannot run
+    when the middleware is built.
+    """
+
+    def __init__(self, public_routes: Iterable[str]) -> None:
+        from .coverage import _parse_public_routes
+
+        # Parsed here, so a malformed rule is a ConfigurationError when the middleware is built.
+        _parse_public_routes(public_routes)
+        self.public_routes = tuple(public_routes)
+        self._lock = threading.Lock()
+        self._result: bool | None = None
+
+    def passed(self, app: Any, policy: Policy) -> bool:
+        """Return whether every route of ``app`` falls in a segment, checking on first use."""
+        result = self._result
+        if result is not None:
+            return result
+        with self._lock:
+            if self._result is None:
+                self._result = self._check(app, policy)
+            return self._result
+
+    def _check(self, app: Any, policy: Policy) -> bool:
+        from .coverage import check_routes
+
+        try:
+            report = check_routes(app, policy, public_routes=self.public_routes)
+        except Exception:
+            logger.exception("the route check could not run; denying every request")
+            return False
+        if not report.ok:
+            logger.error(
+                "route check failed for %d route(s); denying every request "
+                "with route_check_failed:\n  %s",
+                len(report.problems),
+                "\n  ".join(report.problems),
+            )
+        return report.ok
