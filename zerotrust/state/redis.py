@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 import weakref
@@ -16,7 +17,7 @@ try:
     import redis
     import redis.asyncio
     from redis.backoff import NoBackoff
-    from redis.exceptions import RedisError, WatchError
+    from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
 except ImportError:  # pragma: no cover -- exercised in a subprocess without redis
     raise MissingExtraError("zerotrust.state.RedisStateStore", "redis") from None
 
@@ -90,6 +91,16 @@ if redis.call('PTTL', KEYS[1]) < ttl then
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
 """
+# Reads the flags of every key in one call, so a batch of flag reads is one command. pcall keeps
+# a key of the wrong type from failing the reads of other keys: its entry is an error reply.
+_FLAGS_READ_SCRIPT = """
+local found = {}
+for position, key in ipairs(KEYS) do
+  found[position] = redis.pcall('HGETALL', key)
+end
+return found
+"""
+_FLAGS_READ_SHA = hashlib.sha1(_FLAGS_READ_SCRIPT.encode()).hexdigest()  # noqa: S324 -- script id
 # The index of a table maps record keys to their expiry, so listing never scans the keyspace.
 _INDEX_SCRIPT = """
 local index = KEYS[1]
@@ -115,7 +126,9 @@ class RedisStateStore(StateStore):
     coroutines issue during one iteration of the event loop go to Redis as one pipeline. The
     verifiers of one request run side by side, so their reads (risk flags, a grant's
     revocation, a device entry, a replay mark) share one round trip without knowing about each
-    other. Each event loop gets its own connection pool. Detectors and the grant broker run in
+    other. The flag reads of a pipeline go as one script call and its record reads as one
+    ``MGET``, so concurrent requests add keys rather than commands. Each event loop gets its own
+    connection pool. Detectors and the grant broker run in
     threads and use a synchronous client with its own pool.
 
     Every call is bounded by ``connect_timeout`` and ``timeout``. A failure raises
@@ -237,7 +250,7 @@ class RedisStateStore(StateStore):
 
     async def _call(self, *command: Any) -> Any:
         self.health.check()
-        return await self._batcher().submit(command)
+        return await self._batcher().submit(_COMMAND, command, 1)
 
     async def aclose(self) -> None:
         """Close the connections of the running event loop; later calls reconnect."""
@@ -267,14 +280,11 @@ class RedisStateStore(StateStore):
 
     async def get_flags_many(self, items: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
         self.health.check()
-        batcher = self._batcher()
-        # Every HGETALL joins the same pipeline, because none is awaited before the last.
-        futures = [batcher.submit(("HGETALL", self.key("flag", kind, key))) for kind, key in items]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return [dict(result) for result in results]  # type: ignore[arg-type]
+        if not items:
+            return []
+        names = tuple(self.key("flag", kind, key) for kind, key in items)
+        found: list[dict[str, str]] = await self._batcher().submit(_FLAGS, names, len(names))
+        return found
 
     def delete_flags(self, kind: str, key: str) -> None:
         name = self.key("flag", kind, key)
@@ -302,8 +312,9 @@ class RedisStateStore(StateStore):
     async def get_records(self, table: str, keys: Sequence[str]) -> list[str | None]:
         if not keys:
             return []
-        names = [self.key("record", table, key) for key in keys]
-        result: list[str | None] = await self._call("MGET", *names)
+        self.health.check()
+        names = tuple(self.key("record", table, key) for key in keys)
+        result: list[str | None] = await self._batcher().submit(_RECORDS, names, 1)
         return result
 
     def update_record(self, table: str, key: str, update: RecordUpdate) -> str | None:
@@ -451,6 +462,13 @@ def _ttl_ms(window: float) -> int:
     return max(1000, int(window * 1000) + 60_000)
 
 
+# Kinds of queued reads. However many requests queue them, the flag reads of one batch become
+# one script call and its record reads one MGET. Other commands go as they are.
+_FLAGS, _RECORDS, _COMMAND = 0, 1, 2
+
+_Entry = tuple[int, tuple[Any, ...], "asyncio.Future[Any]"]
+
+
 class _Batcher:
     """The automatic pipeline of one event loop: commands queued in one iteration go together."""
 
@@ -460,16 +478,29 @@ class _Batcher:
         self.store = store
         self.loop = loop
         self.client = client
-        self.queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.queue: list[_Entry] = []
+        # Commands that the queue would cost unmerged: one per flag key, MGET and other command.
+        self.pending = 0
+        # Whether the flag script is known to be on the server. Until it is, the next batch
+        # loads it first, in the same round trip.
+        self.script_loaded = False
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def submit(self, command: tuple[Any, ...]) -> asyncio.Future[Any]:
+    def submit(self, kind: int, arguments: tuple[Any, ...], weight: int) -> asyncio.Future[Any]:
+        """
+        Queue a read for the next pipeline and return the future of its result.
+
+        ``arguments`` are the flag keys for ``_FLAGS`` (the result is one dict per key), the
+        record keys for ``_RECORDS`` (one value or ``None`` per key), or the command itself
+        for ``_COMMAND`` (its reply). ``weight`` is the number of commands it counts for.
+        """
         future: asyncio.Future[Any] = self.loop.create_future()
-        if len(self.queue) >= self.store.max_pending:
+        if self.pending + weight > self.store.max_pending:
             message = f"more than {self.store.max_pending} Redis commands are waiting"
             future.set_exception(StateUnavailableError(message))
             return future
-        self.queue.append((command, future))
+        self.queue.append((kind, arguments, future))
+        self.pending += weight
         if len(self.queue) == 1:
             # call_soon runs after every callback already scheduled for this iteration, so the
             # other verifiers of the same request add their commands before the flush.
@@ -477,42 +508,135 @@ class _Batcher:
         return future
 
     def _flush(self) -> None:
-        batch, self.queue = self.queue, []
+        batch, self.queue, self.pending = self.queue, [], 0
         task = self.loop.create_task(self._send(batch))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
-        live = [(command, future) for command, future in batch if not future.done()]
+    async def _send(self, batch: list[_Entry]) -> None:
+        live = [entry for entry in batch if not entry[2].done()]
         if not live:
             return
+        flag_keys: list[str] = []
+        record_keys: list[str] = []
+        others: list[tuple[Any, ...]] = []
+        for kind, arguments, _ in live:
+            if kind == _FLAGS:
+                flag_keys.extend(arguments)
+            elif kind == _RECORDS:
+                record_keys.extend(arguments)
+            else:
+                others.append(arguments)
+
+        commands: list[tuple[Any, ...]] = []
+        load_script = bool(flag_keys) and not self.script_loaded
+        if load_script:
+            commands.append(("SCRIPT", "LOAD", _FLAGS_READ_SCRIPT))
+        first = len(commands)
+        if flag_keys:
+            commands.append(("EVALSHA", _FLAGS_READ_SHA, len(flag_keys), *flag_keys))
+        if record_keys:
+            commands.append(("MGET", *record_keys))
+        commands.extend(others)
+
         store = self.store
         try:
             async with asyncio.timeout(store.connect_timeout + store.timeout * 2):
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for command, _ in live:
-                        pipe.execute_command(*command)
-                    results = await pipe.execute(raise_on_error=False)
+                replies = await self._execute(commands)
+                store.round_trips += 1
+                if load_script:
+                    self.script_loaded = not isinstance(replies[0], ResponseError)
+                if flag_keys and isinstance(replies[first], NoScriptError):
+                    # The server lost its scripts, such as after a restart or SCRIPT FLUSH:
+                    # EVAL sends the script along and stores it again.
+                    evaluate = ("EVAL", _FLAGS_READ_SCRIPT, len(flag_keys), *flag_keys)
+                    (replies[first],) = await self._execute([evaluate])
+                    store.round_trips += 1
+                    self.script_loaded = not isinstance(replies[first], ResponseError)
         except _OUTAGE_ERRORS as error:
+            # A server that comes back may have lost its scripts.
+            self.script_loaded = False
             failure = store.health.failed(error)
-            for _, future in live:
+            for _, _, future in live:
                 if not future.done():
                     future.set_exception(failure)
             return
 
-        store.round_trips += 1
         store.health.succeeded()
-        for (command, future), result in zip(live, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                message = f"Redis {command[0]} failed: {result}"[:300]
-                future.set_exception(StateUnavailableError(message))
-            else:
-                future.set_result(result)
+        replies = replies[first:]
+        flags = replies.pop(0) if flag_keys else None
+        records = replies.pop(0) if record_keys else None
+        _resolve(live, flags, records, replies)
+
+    async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` in one write and return their replies, error replies included."""
+        # Typed as Any: the pool methods have no annotations.
+        pool: Any = self.client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as error:
+                    # The reply was read in full, so the connection stays in step.
+                    replies.append(error)
+        except BaseException:
+            # Replies may still be on the way: the connection cannot be reused as it is.
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(connection)
+        return replies
 
     async def aclose(self) -> None:
         for task in list(self.tasks):
             task.cancel()
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
+
+
+def _resolve(live: list[_Entry], flags: Any, records: Any, others: list[Any]) -> None:
+    """Hand each queued read its share of the replies: the flag script's, MGET's or its own."""
+    flag_position = record_position = 0
+    replies = iter(others)
+    for kind, arguments, future in live:
+        result: Any
+        if kind == _FLAGS:
+            end = flag_position + len(arguments)
+            result = _flag_maps(flags, flag_position, end)
+            flag_position = end
+        elif kind == _RECORDS:
+            end = record_position + len(arguments)
+            if isinstance(records, Exception):
+                result = _failure("MGET", records)
+            else:
+                result = records[record_position:end]
+            record_position = end
+        else:
+            reply = next(replies)
+            result = _failure(arguments[0], reply) if isinstance(reply, Exception) else reply
+        if future.done():
+            continue
+        if isinstance(result, StateUnavailableError):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+def _flag_maps(reply: Any, start: int, end: int) -> list[dict[str, str]] | StateUnavailableError:
+    """Return the flags of keys ``start`` to ``end`` of a flag script reply, or its error."""
+    if isinstance(reply, Exception):
+        return _failure("EVALSHA", reply)
+    maps: list[dict[str, str]] = []
+    for fields in reply[start:end]:
+        if isinstance(fields, Exception):
+            return _failure("HGETALL", fields)
+        # HGETALL in a script returns field, value, field, value...
+        maps.append(dict(zip(fields[::2], fields[1::2], strict=True)))
+    return maps
+
+
+def _failure(command: str, error: Exception) -> StateUnavailableError:
+    return StateUnavailableError(f"Redis {command} failed: {error}"[:300])

@@ -468,6 +468,11 @@ class DeviceVerifier(Verifier):
 
     async def _assertion(self, token: str, now: float) -> DeviceAssertion:
         assert self.key_set is not None
+        # verify_cached has usually verified and cached the assertion already, when only the
+        # registry lookup needed I/O.
+        cached = self._assertion_cached(token, now)
+        if cached is not None:
+            return cached
         header = self._read_header(token)
         kid = header.get("kid")
         try:
