@@ -803,6 +803,52 @@ class TestStateTable:
         assert "not 'http://admin:***@redis:6379/0'" in problem
         assert "hunter2" not in problem
 
+    async def test_state_closed_at_shutdown(self, tmp_path: Path) -> None:
+        """The middleware closes the file's Redis connections when the app's lifespan ends."""
+        import asyncio
+
+        from redis_helpers import REDIS_URL, delete_namespace, new_namespace, redis_or_skip
+
+        redis_or_skip()
+        namespace = new_namespace()
+        path = tmp_path / "policy.toml"
+        path.write_text(
+            MINIMAL_SEGMENT
+            + f'[state]\ntype = "redis"\nurl = "{REDIS_URL}"\nnamespace = "{namespace}"\n'
+        )
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+        middleware = ZeroTrustMiddleware.from_policy_file(app, path, events=[])
+        state = middleware.active_policy.loaded.state
+        messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+        sent: list[str] = []
+
+        async def receive() -> dict[str, str]:
+            return next(messages)
+
+        async def send(message: dict[str, str]) -> None:
+            sent.append(message["type"])
+
+        try:
+            await state.get_records("grants", ["absent"])
+            assert asyncio.get_running_loop() in state._batchers
+
+            await middleware({"type": "lifespan"}, receive, send)
+
+            assert ["lifespan.startup.complete", "lifespan.shutdown.complete"] == sent
+            assert asyncio.get_running_loop() not in state._batchers
+        finally:
+            state.close()
+            delete_namespace(namespace)
+
     async def test_deployment_file_two_workers(
         self, tmp_path: Path, issuer: TokenIssuer, jwks_url: str
     ) -> None:

@@ -348,9 +348,21 @@ class ZeroTrustMiddleware(AsyncPolicyReload):
                 return
             elif message_type in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 await asyncio.to_thread(self.events.flush)
+                await self._close_state()
             await send(message)
 
         return send_watching_lifespan
+
+    async def _close_state(self) -> None:
+        """Close the connections of a policy file's ``[state]`` store on this loop."""
+        state = getattr(self._reloader.active.loaded, "state", None)
+        close = getattr(state, "aclose", None)
+        if close is None:
+            return
+        try:
+            await close()
+        except Exception:
+            logger.exception("closing the shared state store at shutdown failed")
 
     async def warm_up(self) -> None:
         """Fetch every remote key set once, so the first requests need not wait. Never raises."""
