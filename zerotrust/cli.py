@@ -4,16 +4,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
 from ._version import __version__
 from .exceptions import MissingExtraError
 
-__all__ = ["COMMANDS", "EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "Command", "build_parser", "main"]
+__all__ = [
+    "COMMANDS",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Command",
+    "build_parser",
+    "main",
+    "muted_logger",
+]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -149,3 +160,18 @@ def _check_global_options(parser: ArgumentParser, arguments: list[str]) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@contextlib.contextmanager
+def muted_logger(name: str) -> Iterator[None]:
+    """Drop the records of logger ``name`` while a command reports the error itself."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return False
+
+    logger = logging.getLogger(name)
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib.util
 import ipaddress
 import json
-import logging
 import sys
 import urllib.parse
 import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from .cli import muted_logger
 from .exceptions import MissingExtraError
 
 if TYPE_CHECKING:
@@ -114,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     # The trace reports a failed JWKS fetch itself, so the key set's own log line would
     # print the same error a second time.
-    with _muted("zerotrust.jwks"):
+    with muted_logger("zerotrust.jwks"):
         trace = asyncio.run(
             explain(loaded, args.method.upper(), args.path, args.host, headers, args.client_ip)
         )
@@ -128,21 +127,6 @@ def run(args: argparse.Namespace) -> int:
         _print_trace(_console(), trace)
 
     return EXIT_ALLOWED if trace["outcome"]["reaches_app"] else EXIT_DENIED
-
-
-@contextlib.contextmanager
-def _muted(name: str) -> Iterator[None]:
-    """Drop the records of logger ``name`` while the block runs."""
-
-    def drop(record: logging.LogRecord) -> bool:
-        return False
-
-    logger = logging.getLogger(name)
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
 
 
 def _request_headers(args: argparse.Namespace) -> list[tuple[str, str]]:

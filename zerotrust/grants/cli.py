@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import getpass
-import logging
 import os
 import re
 import sys
@@ -17,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..cli import muted_logger
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -406,7 +407,7 @@ def _open_redis_store(url: str, namespace: str) -> GrantStore:
             message = str(error)
         raise CommandError(message) from None
     try:
-        with _muted("zerotrust.state"):
+        with muted_logger("zerotrust.state"):
             state.ping()
     except StateUnavailableError as error:
         state.close()
@@ -418,21 +419,6 @@ def _open_redis_store(url: str, namespace: str) -> GrantStore:
         raise CommandError(message) from None
 
     return StateGrantStore(state)
-
-
-@contextlib.contextmanager
-def _muted(name: str) -> Iterator[None]:
-    """Drop the records of logger ``name`` while the command reports the error itself."""
-
-    def drop(record: logging.LogRecord) -> bool:
-        return False
-
-    logger = logging.getLogger(name)
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
 
 
 def _close_store(store: GrantStore | None) -> None:
