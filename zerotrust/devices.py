@@ -408,7 +408,7 @@ class StateDeviceRegistry(DeviceRegistry):
     never read.
 
     .. warning:: With ``on_failure="degrade"``, a device revoked during an outage stays
-        accepted by the workers that saw it enrolled until the store answers again.
+        accepted by the workers that saw it enrolled until the store responds again.
 
     Args:
         state: Where the devices are kept.

@@ -231,8 +231,8 @@ class TrustedProxies:
 
         self.networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(parsed)
         self.header: ForwardedHeader = header
-        # Whether each peer seen so far is trusted. Every request asks twice, and peers repeat.
-        # Cleared when full, so it stays bounded; dict reads and writes need no lock.
+        # Whether each peer seen so far is trusted. Each request checks twice, and peers repeat.
+        # Cleared when full, so it stays bounded. Dict reads and writes need no lock.
         self._trusted: dict[IPAddress, bool] = {}
 
     def __bool__(self) -> bool:

@@ -140,9 +140,9 @@ class TokenIssuer:
 
     Args:
         issuer: The ``iss`` claim of minted tokens.
-        algorithms: Algorithms to create a key for; each key's ``kid`` is the algorithm and a
-            random suffix, such as ``RS256-5f3a9c1e``, so a restarted issuer's keys are new key
-            ids that a running app fetches at once instead of trusting its cached key set.
+        algorithms: Algorithms to create a key for. Each key's ``kid`` is the algorithm and a
+            random suffix, such as ``RS256-5f3a9c1e``. A restarted issuer therefore has new key
+            ids, which a running app fetches at once instead of trusting its cached key set.
         kid_suffix: The suffix of every key id; random by default. Give another issuer's
             `kid_suffix` to mint tokens that claim its key ids with different keys.
     """

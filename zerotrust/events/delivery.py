@@ -65,8 +65,8 @@ class Spool:
 
     def append(self, events: list[dict[str, Any]]) -> bool:
         """
-        Store a batch as one file; ``False`` when it does not fit in ``max_bytes`` or the file
-        cannot be written, such as on a full disk.
+        Store a batch as one file, and return ``False`` when it does not fit in ``max_bytes``
+        or the file cannot be written, such as on a full disk.
         """
         payload = b"".join(orjson.dumps(event, default=str) + b"\n" for event in events)
         with self._lock:

@@ -483,7 +483,7 @@ class StateGrantStore(GrantStore):
     grant it never read.
 
     .. warning:: With ``on_failure="degrade"``, a grant revoked during an outage stays usable
-        in the workers that saw it valid until the store answers again.
+        in the workers that saw it valid until the store responds again.
 
     Args:
         state: Where the grants are kept.

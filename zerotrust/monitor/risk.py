@@ -214,7 +214,7 @@ class RiskVerifier(Verifier):
         try:
             found = await self.signals.active_many(queries)
         except StateUnavailableError as error:
-            # A deny, not a 401: a fresh login cannot fix a store that does not answer.
+            # A deny, not a 401: a fresh login cannot fix a store that does not respond.
             return Verdict.failed("state_unavailable", str(error)[:200], forbidden=True)
 
         return self._judge(queries, found, clients, token)

@@ -243,7 +243,7 @@ class SharedWindows:
     Entries travel as JSON: lists come back as tuples. Quiet periods are marks with a time to
     live, so exactly one worker fires for an attack spread over several. While the store is
     unavailable, the detector uses ``local``, the windows of this process, and catches up
-    with the shared windows once the store answers again.
+    with the shared windows once the store responds again.
     """
 
     def __init__(self, store: StateStore, name: str, local: LocalWindows) -> None:

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 FailureMode = Literal["fail_closed", "degrade"]
-"""What a use of shared state does while the store is unreachable: deny the request with
+"""The behaviour of a use of shared state while the store is unreachable: deny the request with
 ``state_unavailable`` (``fail_closed``), or fall back to this process's own state (``degrade``)."""
 
 RecordUpdate = Callable[[str | None], tuple[str, float] | None]
@@ -42,7 +42,7 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
 class StateUnavailableError(InfrastructureError):
     """
-    The state store could not be reached or did not answer within its timeout.
+    The state store could not be reached or did not respond within its timeout.
 
     .. versionadded:: 0.7
     """
@@ -97,7 +97,7 @@ class StateStore(abc.ABC):
 
     Attributes:
         shared: Whether other processes see this state.
-        local_reads: Whether reads need no I/O, so verifiers may answer from `verify_cached`.
+        local_reads: Whether reads need no I/O, so verifiers may decide in `verify_cached`.
 
     .. versionadded:: 0.7
     """

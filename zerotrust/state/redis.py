@@ -140,7 +140,7 @@ class RedisStateStore(StateStore):
         url: The server, such as ``redis://127.0.0.1:6379/0`` or ``rediss://`` for TLS.
         namespace: Prefix of every key; give each application its own.
         connect_timeout: Seconds to wait for a connection.
-        timeout: Seconds to wait for an answer.
+        timeout: Seconds to wait for a reply.
         max_connections: Most connections of each pool (the synchronous one, and one per
             event loop); a caller waits up to ``timeout`` for a free one.
         retry_interval: Seconds between tries while the server fails.
@@ -264,7 +264,7 @@ class RedisStateStore(StateStore):
         self._sync.connection_pool.disconnect()
 
     def ping(self) -> bool:
-        """Return ``True`` when the server answers; raise `StateUnavailableError` otherwise."""
+        """Return ``True`` when the server responds; raise `StateUnavailableError` otherwise."""
         return bool(self._run(self._sync.ping))
 
     # Risk flags ---------------------------------------------------------------------------------
