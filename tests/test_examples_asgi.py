@@ -18,6 +18,7 @@ import httpx
 import orjson
 import pytest
 
+from tests.example_cases import AUDIENCE, ExampleCases, token_for
 from zerotrust.coverage import check_routes
 from zerotrust.testing import TokenIssuer, serve
 
@@ -25,7 +26,6 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 # Django can be configured once per process, so its example runs in a uvicorn subprocess.
 IN_PROCESS = ["litestar_app", "quart_app", "falcon_asgi_app"]
 EXAMPLES = [*IN_PROCESS, "django_asgi"]
-AUDIENCE = "inventory-api"
 PUBLIC_ROUTES = ["/healthz", "/schema/"]
 
 
@@ -150,29 +150,8 @@ def fixture_client(base_url: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def token_for(issuer: TokenIssuer, *scopes: str) -> dict[str, str]:
-    token = issuer.token("alice", audience=AUDIENCE, scopes=scopes)
-    return {"authorization": f"Bearer {token}"}
-
-
 @pytest.mark.served
-class TestAsgiExamples:
-    def test_allowed_with_scope(self, client: httpx.Client, issuer: TokenIssuer) -> None:
-        """A token with items:read lists the items, and the view reads the subject."""
-        response = client.get("/items", headers=token_for(issuer, "items:read"))
-
-        assert 200 == response.status_code
-        assert "alice" == response.json()["viewer"]
-
-    def test_create_with_scope(self, client: httpx.Client, issuer: TokenIssuer) -> None:
-        """A token with items:write creates an item owned by the subject."""
-        response = client.post(
-            "/items", headers=token_for(issuer, "items:write"), json={"name": "monitor"}
-        )
-
-        assert 201 == response.status_code
-        assert {"name": "monitor", "owner": "alice"} == response.json()
-
+class TestAsgiExamples(ExampleCases):
     def test_profile_shows_principal(self, client: httpx.Client, issuer: TokenIssuer) -> None:
         """The view reads subject, issuer and scopes from zerotrust.get_access(request)."""
         response = client.get("/me", headers=token_for(issuer, "items:read"))
@@ -181,51 +160,6 @@ class TestAsgiExamples:
         assert "alice" == response.json()["subject"]
         assert issuer.issuer == response.json()["issuer"]
         assert ["items:read"] == response.json()["scopes"]
-
-    def test_no_token_401(self, client: httpx.Client) -> None:
-        """A request without a token is rejected with a Bearer challenge."""
-        response = client.get("/items")
-
-        assert 401 == response.status_code
-        assert response.headers["www-authenticate"].startswith("Bearer ")
-        assert "unauthorized" == response.json()["error"]
-
-    def test_wrong_audience_401(self, client: httpx.Client, issuer: TokenIssuer) -> None:
-        """A token minted for another API is rejected."""
-        token = issuer.token("alice", audience="billing-api", scopes=["items:read"])
-
-        response = client.get("/items", headers={"authorization": f"Bearer {token}"})
-
-        assert 401 == response.status_code
-
-    def test_missing_scope_403(self, client: httpx.Client, issuer: TokenIssuer) -> None:
-        """A token without items:write cannot create an item."""
-        response = client.post(
-            "/items", headers=token_for(issuer, "items:read"), json={"name": "monitor"}
-        )
-
-        assert 403 == response.status_code
-        assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
-        assert "forbidden" == response.json()["error"]
-
-    def test_unlisted_method_403(self, client: httpx.Client, issuer: TokenIssuer) -> None:
-        """A method the segment does not list is denied even with every scope."""
-        response = client.delete("/items", headers=token_for(issuer, "items:read", "items:write"))
-
-        assert 403 == response.status_code
-
-    def test_health_public(self, client: httpx.Client) -> None:
-        """The health check needs no token."""
-        response = client.get("/healthz")
-
-        assert 200 == response.status_code
-        assert {"status": "ok"} == response.json()
-
-    def test_unknown_path_403(self, client: httpx.Client, issuer: TokenIssuer) -> None:
-        """A path outside every segment is denied before the framework routes it."""
-        response = client.get("/admin", headers=token_for(issuer, "items:read"))
-
-        assert 403 == response.status_code
 
 
 @pytest.mark.served

@@ -12,12 +12,12 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
+from tests.example_cases import AUDIENCE, ExampleCases, token_for
 from tests.gunicorn_server import gunicorn, read_events
 from zerotrust.events import access_event_schema
 from zerotrust.testing import TokenIssuer
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
-AUDIENCE = "inventory-api"
 # Each example: the directory gunicorn runs in and the WSGI callable it serves.
 EXAMPLES = {
     "flask": (EXAMPLES_DIR, "flask_app:app"),
@@ -57,29 +57,8 @@ def fixture_client(
         yield client
 
 
-def token_for(issuer: TokenIssuer, *scopes: str) -> dict[str, str]:
-    token = issuer.token("alice", audience=AUDIENCE, scopes=scopes)
-    return {"authorization": f"Bearer {token}"}
-
-
 @pytest.mark.served
-class TestWSGIExamples:
-    def test_allowed_with_scope(self, client: httpx.Client, issuer: TokenIssuer) -> None:
-        """A token with items:read lists the items, and the view sees the subject."""
-        response = client.get("/items", headers=token_for(issuer, "items:read"))
-
-        assert 200 == response.status_code
-        assert "alice" == response.json()["viewer"]
-
-    def test_create_with_scope(self, client: httpx.Client, issuer: TokenIssuer) -> None:
-        """A token with items:write creates an item owned by the subject."""
-        response = client.post(
-            "/items", headers=token_for(issuer, "items:write"), json={"name": "monitor"}
-        )
-
-        assert 201 == response.status_code
-        assert {"name": "monitor", "owner": "alice"} == response.json()
-
+class TestWSGIExamples(ExampleCases):
     def test_invalid_body_422(self, client: httpx.Client, issuer: TokenIssuer) -> None:
         """An allowed request with a bad body reaches the view, which rejects it."""
         response = client.post("/items", headers=token_for(issuer, "items:write"), json=[])
@@ -92,47 +71,6 @@ class TestWSGIExamples:
 
         assert 200 == response.status_code
         assert ("alice", issuer.issuer) == (response.json()["subject"], response.json()["issuer"])
-
-    def test_no_token_401(self, client: httpx.Client) -> None:
-        """A request without a token is rejected with a Bearer challenge."""
-        response = client.get("/items")
-
-        assert 401 == response.status_code
-        assert response.headers["www-authenticate"].startswith("Bearer ")
-        assert "unauthorized" == response.json()["error"]
-
-    def test_wrong_audience_401(self, client: httpx.Client, issuer: TokenIssuer) -> None:
-        """A token minted for another API is rejected."""
-        token = issuer.token("alice", audience="billing-api", scopes=["items:read"])
-
-        response = client.get("/items", headers={"authorization": f"Bearer {token}"})
-
-        assert 401 == response.status_code
-
-    def test_missing_scope_403(self, client: httpx.Client, issuer: TokenIssuer) -> None:
-        """A token without items:write cannot create an item."""
-        response = client.post(
-            "/items", headers=token_for(issuer, "items:read"), json={"name": "monitor"}
-        )
-
-        assert 403 == response.status_code
-        assert 'scope="items:write"' in response.headers["www-authenticate"]
-
-    def test_unlisted_method_403(self, client: httpx.Client, issuer: TokenIssuer) -> None:
-        """A method the segment does not list is denied even with every scope."""
-        response = client.delete("/items", headers=token_for(issuer, "items:read", "items:write"))
-
-        assert 403 == response.status_code
-
-    def test_health_public(self, client: httpx.Client) -> None:
-        """The health check needs no token."""
-        assert 200 == client.get("/healthz").status_code
-
-    def test_unknown_path_403(self, client: httpx.Client, issuer: TokenIssuer) -> None:
-        """A path outside every segment is denied before routing."""
-        response = client.get("/admin", headers=token_for(issuer, "items:read"))
-
-        assert 403 == response.status_code
 
 
 @pytest.mark.served
