@@ -366,6 +366,45 @@ class TestLifespan:
 
         assert 1 == len(sink.events)
 
+    @pytest.mark.parametrize(
+        "reads_first", [False, True], ids=["raises-at-once", "reads-then-raises"]
+    )
+    async def test_runs_lifespan_for_app_without_it(self, reads_first: bool) -> None:
+        """An app without lifespan support, as Django's, still gets the flush at shutdown."""
+
+        async def http_only(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                if reads_first:
+                    await receive()
+                message = f"cannot handle {scope['type']} scopes"
+                raise ValueError(message)
+            await RecordingApp()(scope, receive, send)
+
+        sink = MemorySink()
+        app = protect(http_only, events=sink)
+        await call(app, http_scope("/healthz"))
+        incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+        sent = await call(app, {"type": "lifespan", "asgi": {"version": "3.0"}}, incoming)
+
+        expected = [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+        assert expected == sent
+        assert 1 == len(sink.events)
+
+    async def test_app_lifespan_failure_propagates(self) -> None:
+        """An app that reported startup and then fails keeps its own error."""
+
+        async def failing(scope: Any, receive: Any, send: Any) -> None:
+            await receive()
+            await send({"type": "lifespan.startup.failed", "message": "database unreachable"})
+            message = "database unreachable"
+            raise RuntimeError(message)
+
+        incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+        with pytest.raises(RuntimeError, match="database unreachable"):
+            await call(protect(failing), {"type": "lifespan", "asgi": {"version": "3.0"}}, incoming)
+
 
 class TestMalformedScope:
     @pytest.mark.parametrize(

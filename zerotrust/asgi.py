@@ -164,7 +164,7 @@ class ZeroTrustMiddleware(AsyncPolicyReload):
         scope_type = scope["type"]
         if scope_type != "http" and scope_type != "websocket":
             if scope_type == "lifespan":
-                await self.app(scope, receive, self._watch_lifespan(send))
+                await self._lifespan(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
             return
@@ -326,6 +326,45 @@ class ZeroTrustMiddleware(AsyncPolicyReload):
 
     def _denial(self, request: AccessRequest, decision: Decision) -> DenialResponse:
         return build_denial(self.on_deny, self.realm, request, decision, logger)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """
+        Pass the lifespan to the app, or run it here when the app does not support it.
+
+        An app without lifespan support, such as Django's ASGI handler, raises at once. The
+        server would then skip the lifespan, and with it the key warm-up and the event flush at
+        shutdown: uvicorn ends on the re-raised SIGTERM, so exit handlers never run.
+        """
+        watched = self._watch_lifespan(send)
+        received: list[Message] = []
+        app_sent = False
+
+        async def receive_recording() -> Message:
+            message = await receive()
+            received.append(message)
+            return message
+
+        async def send_recording(message: Message) -> None:
+            nonlocal app_sent
+            app_sent = True
+            await watched(message)
+
+        try:
+            await self.app(scope, receive_recording, send_recording)
+            return
+        except Exception:
+            if app_sent:
+                raise
+            logger.debug("the app does not support the lifespan protocol; running it here")
+
+        pending = [message for message in received if message["type"] == "lifespan.startup"]
+        while True:
+            message = pending.pop() if pending else await receive()
+            if message["type"] == "lifespan.startup":
+                await watched({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await watched({"type": "lifespan.shutdown.complete"})
+                return
 
     def _watch_lifespan(self, send: Send) -> Callable[[Message], Awaitable[None]]:
         route_check_failed = False
